@@ -1,0 +1,152 @@
+"""`factory`: run, submit and inspect experiments.
+
+    factory run [RECIPE] [section.field=value ...]      run here (embedded Ray, or RAY_ADDRESS)
+    factory submit [RECIPE] [overrides] [--address URL]  run as a Ray job on a cluster
+    factory status|logs|stop JOB [--address URL]         follow a submitted job
+    factory generate MODEL_OR_RECIPE "prompt"            quick look at any checkpoint
+    factory config [RECIPE] [overrides]                  print the resolved config
+
+Errors the user can fix print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runtime.errors import FactoryError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except FactoryError as exc:
+        print(f"factory: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="factory", description="Model factory on Ray.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+    run = _command(sub, "run", cmd_run, "run an experiment here (embedded Ray cluster, or RAY_ADDRESS)")
+    _recipe_args(run)
+    run.add_argument("--config-env", metavar="VAR", help="read the resolved config from this environment variable")
+    submit = _command(sub, "submit", cmd_submit, "submit an experiment to a Ray cluster as a job")
+    _recipe_args(submit)
+    _address(submit)
+    submit.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
+    for name, fn, text in [("status", cmd_status, "a job's status"), ("logs", cmd_logs, "a job's logs"),
+                           ("stop", cmd_stop, "stop a job")]:
+        job = _command(sub, name, fn, text)
+        job.add_argument("job_id", metavar="JOB")
+        _address(job)
+        if name == "logs":
+            job.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+    gen = _command(sub, "generate", cmd_generate, "generate from a model directory or a recipe's model")
+    gen.add_argument("target", metavar="MODEL_OR_RECIPE")
+    gen.add_argument("prompt")
+    gen.add_argument("overrides", nargs="*", metavar="section.field=value")
+    gen.add_argument("--max-tokens", type=int, default=None)
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("-n", type=int, default=1, help="completions")
+    cfg = _command(sub, "config", cmd_config, "print the resolved config")
+    _recipe_args(cfg)
+    return p
+
+
+def _command(sub, name, fn, text):
+    p = sub.add_parser(name, help=text, description=text)
+    p.set_defaults(func=fn)
+    return p
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?", default=None, help="recipe name or YAML path (default: default)")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value")
+
+
+def _address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="dashboard URL of the cluster (default: RAY_ADDRESS or local)")
+
+
+def _load(args):
+    from runtime.client import FactoryClient
+
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and "=" in recipe:
+        recipe, overrides = None, [recipe, *overrides]
+    return FactoryClient.load(recipe, overrides)
+
+
+def cmd_run(args) -> int:
+    from runtime.client import FactoryClient, config_from_env
+
+    cfg = config_from_env(args.config_env) if args.config_env else _load(args)
+    FactoryClient.run(cfg)
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from runtime.client import FactoryClient
+
+    client = FactoryClient(args.address)
+    job_id = client.submit(_load(args))
+    where = f" --address {args.address}" if args.address else ""
+    print(f"submitted job {job_id}")
+    print(f"follow it with: factory logs {job_id} --follow{where}   (or in the Ray dashboard, Jobs tab)")
+    if args.wait:
+        status = client.follow(job_id, write=lambda s: print(s, end="", flush=True))
+        print(f"job {job_id}: {status}")
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_status(args) -> int:
+    from runtime.client import FactoryClient
+
+    print(FactoryClient(args.address).status(args.job_id))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from runtime.client import FactoryClient
+
+    client = FactoryClient(args.address)
+    if args.follow:
+        client.follow(args.job_id, write=lambda s: print(s, end="", flush=True))
+    else:
+        print(client.logs(args.job_id), end="")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from runtime.client import FactoryClient
+
+    stopped = FactoryClient(args.address).stop(args.job_id)
+    print(f"job {args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from pathlib import Path
+
+    from runtime.config import load_config
+    from runtime.quicklook import generate
+
+    as_model = Path(args.target).expanduser().is_dir() or ("/" in args.target and not args.target.endswith(".yaml"))
+    cfg = load_config(None if as_model else args.target, ([f"model.path={args.target}"] if as_model else []) + args.overrides)
+    for text in generate(cfg, args.prompt, n=args.n, max_tokens=args.max_tokens, temperature=args.temperature):
+        print(text)
+    return 0
+
+
+def cmd_config(args) -> int:
+    print(_load(args).to_yaml(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

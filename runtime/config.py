@@ -1,0 +1,256 @@
+"""The one config tree of an experiment.
+
+Every actor gets its own subtree. Recipes are YAML files whose keys mirror
+this tree; dotted overrides (`inference.max_model_len=256`) patch them. The
+module imports pydantic and yaml only, so the CLI answers `--help` at once.
+
+Sections later issues add (train, data, rollout, sandbox, eval, faults) go
+beside the ones here, as fields of `FactoryConfig`, each with its own model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RECIPE = "default"
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, docstrings document fields."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ExperimentConfig(Section):
+    name: str = Field("factory", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Experiment name; prefixes every actor name (`<name>/<role>/<index>`) and the run directory."""
+    seed: int = 0
+    """Seed for model construction, sampling defaults and every stochastic choice of the run."""
+    runs_root: str = "runs"
+    """Directory under which each run gets `<name>-<UTC timestamp>`, unless `run_dir` is set."""
+    run_dir: str | None = None
+    """Exact run directory; resolved from `runs_root` when left empty."""
+
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4),
+    "small": dict(vocab_size=2048, hidden_size=256, intermediate_size=688, num_layers=12, num_heads=4),
+}
+
+
+class BuildConfig(Section):
+    """A Llama-architecture model and byte-level BPE tokenizer built locally."""
+
+    preset: Literal["tiny", "small"] = "tiny"
+    """Size preset (tiny ~0.5M parameters, small ~10M); explicit fields below override it."""
+    vocab_size: int = Field(0, ge=0)
+    """Tokenizer vocabulary size, special tokens included (0: from preset)."""
+    hidden_size: int = Field(0, ge=0)
+    """Model width (0: from preset)."""
+    intermediate_size: int = Field(0, ge=0)
+    """MLP width (0: from preset)."""
+    num_layers: int = Field(0, ge=0)
+    """Transformer blocks (0: from preset)."""
+    num_heads: int = Field(0, ge=0)
+    """Attention heads; key/value heads are the same number (0: from preset)."""
+    max_position_embeddings: int = Field(1024, ge=16)
+    """Longest sequence the model accepts."""
+    corpus_docs: int = Field(4000, ge=100)
+    """Documents of the procedural corpus used to train the tokenizer."""
+
+    @model_validator(mode="after")
+    def _fill_from_preset(self) -> BuildConfig:
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) == 0:
+                object.__setattr__(self, key, value)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class ModelConfig(Section):
+    path: str | None = None
+    """Directory of any HF causal LM (config, weights, tokenizer). When empty, a model is built from `build`."""
+    build: BuildConfig = BuildConfig()
+    """Parameters of the locally built model, used when `path` is empty."""
+    cache_dir: str = "~/.cache/model-factory/models"
+    """Where built models are kept, keyed by content hash, so reruns do not rebuild."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weight and activation dtype for inference and training."""
+
+
+class RolePlacement(Section):
+    replicas: int = Field(1, ge=0)
+    """How many actors of this role run."""
+    num_cpus: float = Field(1.0, ge=0)
+    """Ray logical CPUs each actor reserves."""
+    num_gpus: float = Field(0.0, ge=0)
+    """GPUs each actor reserves (0 on CPU-only clusters)."""
+
+
+class PlacementConfig(Section):
+    """Resources and replicas per role, kept apart from how each role behaves."""
+
+    inference: RolePlacement = RolePlacement(replicas=2)
+    """InferenceServer actors."""
+
+
+class ClusterConfig(Section):
+    address: str | None = None
+    """Ray cluster to join; empty uses RAY_ADDRESS, or starts an embedded local cluster."""
+    num_cpus: int = Field(8, ge=1)
+    """Logical CPUs of the embedded cluster; more than cores so several 1-CPU actors fit."""
+    dashboard_host: str = "127.0.0.1"
+    """Interface the embedded cluster's dashboard binds."""
+    dashboard_port: int = Field(8265, ge=0, le=65535)
+    """Port of the embedded cluster's dashboard (0 picks a free one)."""
+
+
+class SamplingConfig(Section):
+    """Sampling settings; every request may carry its own."""
+
+    n: int = Field(1, ge=1)
+    """Completions per prompt."""
+    temperature: float = Field(1.0, ge=0)
+    """0 is greedy."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(64, ge=1)
+    """New tokens per completion."""
+    stop: list[str] = []
+    """Strings that end a completion (not included in it)."""
+    seed: int | None = None
+    """Per-request sampling seed; empty draws one."""
+
+
+class InferenceConfig(Section):
+    engine: Literal["vllm"] = "vllm"
+    """Inference engine behind every InferenceServer."""
+    max_model_len: int = Field(512, ge=16)
+    """Prompt plus completion tokens per sequence."""
+    max_num_seqs: int = Field(256, ge=1)
+    """Sequences an engine runs at once."""
+    kv_cache_gb: float = Field(1.0, gt=0)
+    """KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."""
+    cpu_bind: str = "spread"
+    """OpenMP thread binding on CPU: `spread` pins server i to core i mod cores; `nobind`, `auto`
+    or an explicit core list are passed to vLLM as VLLM_CPU_OMP_THREADS_BIND."""
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
+    """Whether sampled-token logprobs come from the raw model or after temperature/top-p."""
+    setup_timeout_s: float = Field(300.0, gt=0)
+    """Seconds a server may take to start its engine."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """Seconds one generate call to the pool may take before it fails with InferenceTimeout."""
+    health_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a health probe may take before the server is treated as hung."""
+    max_attempts: int = Field(3, ge=1)
+    """Servers a request is tried on before the pool gives up on it."""
+    sampling: SamplingConfig = SamplingConfig()
+    """Default sampling for requests that bring none."""
+    probe_prompts: list[str] = ["def f(x):\n    return", "12 + 7 =", "def add(a, b):"]
+    """Prompts the main job generates from before and after each weight version."""
+
+
+class FactoryConfig(Section):
+    """Root of the tree: one experiment."""
+
+    experiment: ExperimentConfig = ExperimentConfig()
+    """Name, seed and run directory."""
+    model: ModelConfig = ModelConfig()
+    """Which model: an HF directory or a locally built one."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Which Ray cluster runs the experiment."""
+    placement: PlacementConfig = PlacementConfig()
+    """Replicas and resources per role."""
+    inference: InferenceConfig = InferenceConfig()
+    """vLLM engines and the inference pool."""
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_path(recipe: str | Path | None) -> Path:
+    """Resolve a recipe given as a path, or as a name in ./recipes or the project's recipes/."""
+    name = str(recipe or DEFAULT_RECIPE)
+    candidates = [Path(name)]
+    if not name.endswith((".yaml", ".yml")):
+        candidates += [Path("recipes") / f"{name}.yaml", PROJECT_ROOT / "recipes" / f"{name}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in (PROJECT_ROOT / "recipes").glob("*.yaml"))
+    raise ConfigError(f"recipe not found: {name} (known recipes: {', '.join(known) or 'none'})")
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> FactoryConfig:
+    """Load a recipe, apply dotted overrides, validate. Errors name the field path."""
+    path = recipe_path(recipe)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(tree).__name__}")
+    for override in overrides:
+        apply_override(tree, override)
+    return validate_tree(tree, source=str(path))
+
+
+def validate_tree(tree: dict[str, Any], source: str = "config") -> FactoryConfig:
+    try:
+        return FactoryConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(err) for err in exc.errors()), source=source) from None
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `true`, `[a, b]`)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not of the form section.field=value")
+    parts = key.strip().split(".")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section (override {override!r})")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def _describe(err: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {path}{_suggestion(path)}"
+    return f"{path}: {err['msg']} (got {err['input']!r})" if "input" in err else f"{path}: {err['msg']}"
+
+
+def _suggestion(path: str) -> str:
+    close = difflib.get_close_matches(path, all_field_paths(), n=1, cutoff=0.6)
+    leaf = path.rsplit(".", 1)[-1]
+    same_leaf = [p for p in all_field_paths() if p.rsplit(".", 1)[-1] == leaf]
+    hint = close or same_leaf
+    return f" (did you mean {hint[0]}?)" if hint else ""
+
+
+def all_field_paths(model: type[BaseModel] = FactoryConfig, prefix: str = "") -> list[str]:
+    """Every dotted field path of the tree, for suggestions and documentation."""
+    paths = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        paths.append(path)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += all_field_paths(annotation, f"{path}.")
+    return paths

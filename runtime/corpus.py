@@ -1,0 +1,31 @@
+"""Procedural text: small Python functions and arithmetic, deterministic for a seed.
+
+It trains the default tokenizer, and is the default pre-training source.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+_NAMES = ["f", "g", "h", "add", "mul", "sub", "scale", "shift", "square", "double", "triple", "inc"]
+_OPS = ["+", "-", "*"]
+
+
+def python_function(rng: random.Random) -> str:
+    name = rng.choice(_NAMES)
+    a, b = rng.randint(1, 9), rng.randint(0, 9)
+    body = rng.choice([f"{a} * x + {b}", f"x * x + {b}", f"x - {b}", f"{a} * (x + {b})", f"x + {a}"])
+    return f"def {name}(x):\n    return {body}\n"
+
+
+def arithmetic(rng: random.Random) -> str:
+    a, b, op = rng.randint(0, 99), rng.randint(0, 99), rng.choice(_OPS)
+    return f"{a} {op} {b} = {eval(f'{a} {op} {b}')}\n"
+
+
+def corpus(seed: int, n_docs: int) -> Iterator[str]:
+    """`n_docs` documents, alternating kinds at random; the same seed gives the same text."""
+    rng = random.Random(seed)
+    for _ in range(n_docs):
+        yield python_function(rng) if rng.random() < 0.5 else arithmetic(rng)

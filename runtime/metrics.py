@@ -1,0 +1,65 @@
+"""Metrics exported through `ray.util.metrics`, so the Ray dashboard shows them.
+
+Outside a Ray worker (a plain class under test, `factory generate`) every
+metric is a no-op: the code that records stays the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class _Null:
+    def set(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    inc = observe = set
+
+
+def _metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...] = ()):
+    import ray
+
+    if not ray.is_initialized():
+        return _Null()
+    from ray.util import metrics
+
+    return getattr(metrics, kind)(name, description=description, tag_keys=tag_keys)
+
+
+class ServerMetrics:
+    def __init__(self, server: str):
+        self.tags = {"server": server}
+        self._version = _metric("Gauge", "factory_inference_weight_version", "Weight version served", ("server",))
+        self._in_flight = _metric("Gauge", "factory_inference_in_flight", "Requests in the engine", ("server",))
+        self._tokens = _metric("Counter", "factory_inference_generated_tokens", "Tokens generated", ("server",))
+        self._requests = _metric("Counter", "factory_inference_requests", "Requests finished", ("server",))
+        self.version(0)
+
+    def version(self, v: int) -> None:
+        self._version.set(v, tags=self.tags)
+
+    def in_flight(self, n: int) -> None:
+        self._in_flight.set(n, tags=self.tags)
+
+    def finished(self, tokens: int) -> None:
+        self._requests.inc(1, tags=self.tags)
+        if tokens:
+            self._tokens.inc(tokens, tags=self.tags)
+
+
+class PoolMetrics:
+    def __init__(self, experiment: str):
+        self.tags = {"experiment": experiment}
+        self._retried = _metric("Counter", "factory_pool_requests_retried", "Requests re-sent to a peer", ("experiment",))
+        self._replaced = _metric("Counter", "factory_pool_servers_replaced", "Servers replaced", ("experiment",))
+        self._servers = _metric("Gauge", "factory_pool_servers_ready", "Servers taking requests", ("experiment",))
+
+    def retried(self, n: int) -> None:
+        if n:
+            self._retried.inc(n, tags=self.tags)
+
+    def replaced(self) -> None:
+        self._replaced.inc(1, tags=self.tags)
+
+    def servers(self, n: int) -> None:
+        self._servers.set(n, tags=self.tags)

@@ -1,0 +1,85 @@
+"""The config tree: recipes, dotted overrides, errors that name the field."""
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import BaseModel
+
+from runtime.config import FactoryConfig, all_field_paths, apply_override, load_config
+from runtime.errors import ConfigError
+
+
+def test_default_recipe_resolves_presets():
+    cfg = load_config()
+    assert cfg.model.build.preset == "tiny"
+    assert cfg.model.build.hidden_size == 128 and cfg.model.build.vocab_size == 512
+    assert cfg.placement.inference.replicas == 2
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    cfg = load_config("default", [
+        "placement.inference.replicas=3",
+        "inference.sampling.temperature=0",
+        "inference.sampling.stop=[a, b]",
+        "model.build.preset=small",
+        "model.build.num_layers=4",
+    ])
+    assert cfg.placement.inference.replicas == 3
+    assert cfg.inference.sampling.temperature == 0.0
+    assert cfg.inference.sampling.stop == ["a", "b"]
+    assert cfg.model.build.num_layers == 4, "an explicit field beats the preset"
+    assert cfg.model.build.hidden_size == 256, "unset fields come from the preset"
+
+
+def test_unknown_key_names_the_path_and_suggests_the_right_one():
+    with pytest.raises(ConfigError, match=r"unknown key inference\.replicas \(did you mean placement\.inference\.replicas\?\)"):
+        load_config("default", ["inference.replicas=2"])
+
+
+def test_wrong_type_names_the_path():
+    with pytest.raises(ConfigError, match=r"inference\.max_model_len: .*integer.*'many'"):
+        load_config("default", ["inference.max_model_len=many"])
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="experiment.seed is a value, not a section"):
+        apply_override({"experiment": {"seed": 1}}, "experiment.seed.x=2")
+
+
+def test_missing_recipe_lists_known_ones():
+    with pytest.raises(ConfigError, match=r"recipe not found: nope \(known recipes: .*default"):
+        load_config("nope")
+
+
+def test_invalid_yaml_recipe_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(str(bad))
+
+
+def test_cross_field_check():
+    with pytest.raises(ConfigError, match="hidden_size 130 is not divisible by num_heads 4"):
+        load_config("default", ["model.build.hidden_size=130"])
+
+
+def _sections(model: type[BaseModel]):
+    yield model
+    for field in model.model_fields.values():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _sections(field.annotation)
+
+
+def test_every_field_has_a_docstring():
+    missing = [f"{m.__name__}.{name}" for m in _sections(FactoryConfig)
+               for name, field in m.model_fields.items() if not field.description]
+    assert not missing, f"fields without a docstring: {missing}"
+    assert "placement.inference.replicas" in all_field_paths()
+
+
+def test_config_and_cli_import_without_heavy_modules():
+    code = ("import sys, runtime.config, runtime.cli; heavy = [m for m in ('torch', 'ray', 'vllm') if m in sys.modules];"
+            " print(heavy); sys.exit(1 if heavy else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
