@@ -76,8 +76,13 @@ class FactoryClient:
         return status
 
     def _jobs(self):
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
         from ray.job_submission import JobSubmissionClient
 
+        # As ray.init does: send the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) if there is one.
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         try:
             return JobSubmissionClient(self.address)
         except ConnectionError as exc:

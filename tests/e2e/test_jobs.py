@@ -1,0 +1,97 @@
+"""`factory submit` runs the main job as a Ray job on a cluster this test starts and stops."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def factory(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "factory"), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def head_cluster():
+    """A `ray start --head --block` cluster of our own; stopped through its process handle only."""
+    dashboard = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+    ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+             "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port()}
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=4", "--dashboard-host=127.0.0.1",
+           f"--temp-dir={temp_dir}", *[f"{k}={v}" for k, v in ports.items()]]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_for_dashboard(url, head)
+        yield url
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start exited with {head.returncode}")
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers; 401 means token authentication is on, which the client handles
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"dashboard at {url} did not come up")
+
+
+def test_submit_runs_the_main_job_to_completion(head_cluster, tmp_path):
+    out = factory("submit", "default", "placement.inference.replicas=1", f"experiment.runs_root={tmp_path}",
+                  "--address", head_cluster, "--wait")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
+    assert "published version 1: {'factory/inference/0': 1}" in out.stdout
+    assert factory("status", job_id, "--address", head_cluster).stdout.strip() == "SUCCEEDED"
+    assert "[v1 factory/inference/0]" in factory("logs", job_id, "--address", head_cluster).stdout
+    [run_dir] = tmp_path.iterdir()
+    assert (run_dir / "config.yaml").is_file()
+    assert [json.loads(line)["version"] for line in (run_dir / "samples.jsonl").read_text().splitlines()] == [0] * 3 + [1] * 3
+
+
+def test_submit_rejects_bad_config_before_touching_the_cluster(head_cluster):
+    out = factory("submit", "default", "inference.replicas=2", "--address", head_cluster)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("factory: error: recipes/default.yaml: unknown key inference.replicas "
+                                  "(did you mean placement.inference.replicas?)")
+
+
+def test_generate_gives_a_quick_look_at_a_checkpoint(tiny_model):
+    out = factory("generate", str(tiny_model), "def f(x):", "--max-tokens", "8", "-n", "2", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len([line for line in out.stdout.splitlines() if line]) >= 1
