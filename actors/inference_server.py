@@ -55,7 +55,7 @@ class InferenceServer:
             max_model_len=self.cfg.max_model_len,
             max_num_seqs=self.cfg.max_num_seqs,
             distributed_executor_backend="uni",
-            enforce_eager=True,
+            enforce_eager=not self.cfg.compile,
             scheduling_policy="priority",
             logprobs_mode=self.cfg.logprobs_mode,
             seed=0,
@@ -209,7 +209,7 @@ class EngineLoop(threading.Thread):
         prompt = request.prompt if request.prompt is not None else self.tokenizer.decode(prompt_ids)
         completions = [
             Completion(
-                text=c.text,
+                text=c.text if request.sampling.stop else self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
                 token_ids=list(c.token_ids),
                 logprobs=[step[token].logprob for step, token in zip(c.logprobs or [], c.token_ids)],
                 finish_reason=c.finish_reason or "stop",
@@ -239,6 +239,7 @@ class EngineLoop(threading.Thread):
 
 
 def sampling_params(request: GenerationRequest):
+    """vLLM's params; text is decoded once at the end unless stop strings need it step by step."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -250,6 +251,8 @@ def sampling_params(request: GenerationRequest):
         max_tokens=s.max_tokens,
         stop=list(s.stop) or None,
         seed=s.seed,
+        ignore_eos=s.ignore_eos,
+        detokenize=bool(s.stop),
         logprobs=0,
         output_kind=RequestOutputKind.FINAL_ONLY,
     )

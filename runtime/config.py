@@ -129,6 +129,8 @@ class SamplingConfig(Section):
     """Strings that end a completion (not included in it)."""
     seed: int | None = None
     """Per-request sampling seed; empty draws one."""
+    ignore_eos: bool = False
+    """Keep generating past end-of-sequence, up to max_tokens (benchmarks, fixed-length rollouts)."""
 
 
 class InferenceConfig(Section):
@@ -140,6 +142,8 @@ class InferenceConfig(Section):
     """Sequences an engine runs at once."""
     kv_cache_gb: float = Field(1.0, gt=0)
     """KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."""
+    compile: bool = False
+    """torch.compile the model: on CPU ~1.6x faster decoding of the tiny model, ~18 s slower start."""
     cpu_bind: str = "spread"
     """OpenMP thread binding on CPU: `spread` pins server i to core i mod cores; `nobind`, `auto`
     or an explicit core list are passed to vLLM as VLLM_CPU_OMP_THREADS_BIND."""
