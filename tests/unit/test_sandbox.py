@@ -1,0 +1,177 @@
+"""Adversarial tests of the bubblewrap sandbox, one property each (no Ray needed)."""
+
+import os
+import socket
+import subprocess
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from runtime.config import SandboxConfig
+from runtime.sandbox import Execution, SandboxUnavailable, Status, make_backend
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    backend = make_backend(SandboxConfig(timeout_s=5, cpu_s=5, memory_mb=256, max_output_bytes=4096), slots=2,
+                           tag="unit")
+    backend.check()
+    yield backend
+    backend.close()
+
+
+def run(sandbox, code: str, **kw):
+    return sandbox.run(Execution(textwrap.dedent(code), **kw), slot=0)
+
+
+def test_runs_code_and_reports_exit_codes(sandbox):
+    ok = run(sandbox, "print(input()[::-1])", stdin="abc\n")
+    assert (ok.status, ok.exit_code, ok.stdout) == (Status.OK, 0, "cba\n")
+    failed = run(sandbox, "raise SystemExit(3)")
+    assert (failed.status, failed.exit_code) == (Status.FAILED, 3)
+    error = run(sandbox, "1/0")
+    assert error.status == Status.FAILED and "ZeroDivisionError" in error.stderr
+
+
+def test_no_network(sandbox):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        result = run(sandbox, f"""
+            import socket
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=2)
+                print("connected")
+            except OSError as exc:
+                print("blocked", type(exc).__name__)
+        """)
+        server.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            server.accept()
+    assert result.status == Status.OK and result.stdout.startswith("blocked"), result
+
+
+def test_project_files_are_not_readable(sandbox):
+    secret = ROOT / f".sandbox-secret-{uuid.uuid4().hex}"
+    secret.write_text("top secret")
+    try:
+        result = run(sandbox, f"""
+            try:
+                print(open({str(secret)!r}).read())
+            except OSError as exc:
+                print("unreadable", type(exc).__name__)
+        """)
+    finally:
+        secret.unlink()
+    assert result.stdout.startswith("unreadable") and "top secret" not in result.stdout
+
+
+def test_nothing_is_written_outside_the_tmpfs(sandbox):
+    target = ROOT / f".sandbox-write-{uuid.uuid4().hex}"
+    result = run(sandbox, f"""
+        import os
+        open("/work/ok", "w").write("x"); open("/tmp/ok", "w").write("x")
+        for path in [{str(target)!r}, "/escape", "/usr/lib/escape", "/proc/escape"]:
+            try:
+                open(path, "w").write("x")
+                print("wrote", path)
+            except OSError:
+                print("refused", path)
+    """)
+    assert "wrote" not in result.stdout and result.stdout.count("refused") == 4, result.stdout
+    assert not target.exists() and not Path("/escape").exists()
+
+
+def test_fork_bomb_is_contained(sandbox):
+    started = time.monotonic()
+    result = run(sandbox, """
+        import os
+        refused = False
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                if not refused:
+                    print("fork refused", flush=True)
+                refused = True
+    """, timeout_s=3)
+    assert result.status in (Status.TIMEOUT, Status.KILLED, Status.FAILED), result
+    assert "fork refused" in result.stdout, "the process cap, not only the timeout, must stop it"
+    assert time.monotonic() - started < 15
+    assert subprocess.run(["true"]).returncode == 0, "the host can still start processes"
+
+
+def test_memory_bomb_is_contained(sandbox):
+    result = run(sandbox, "blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))")
+    assert result.status == Status.OUT_OF_MEMORY, result
+
+
+def test_infinite_loop_is_killed_at_the_timeout(sandbox):
+    result = run(sandbox, "while True:\n    pass", timeout_s=1.5)
+    assert result.status == Status.TIMEOUT
+    assert 1.5 <= result.duration_s < 5
+
+
+def test_output_flood_is_truncated(sandbox):
+    result = run(sandbox, "while True:\n    print('x' * 1000)")
+    assert result.status == Status.OUTPUT_LIMIT and result.truncated
+    assert len(result.stdout) <= 4096
+
+
+def test_a_child_that_outlives_its_parent_is_killed(sandbox):
+    marker = f"orphan-{uuid.uuid4().hex}"
+    result = run(sandbox, f"""
+        import os, sys
+        if os.fork() == 0:
+            os.setsid()
+            os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", {marker!r}])
+        print("parent done")
+    """)
+    assert result.status == Status.OK and "parent done" in result.stdout
+    time.sleep(0.5)
+    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and marker in _cmdline(p)]
+    assert not alive, f"orphans still running: {alive}"
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_no_host_environment_is_visible(sandbox, monkeypatch):
+    monkeypatch.setenv("FACTORY_TEST_SECRET", "hunter2")
+    result = run(sandbox, "import os; print(sorted(os.environ.items()))")
+    assert "hunter2" not in result.stdout and "FACTORY_TEST_SECRET" not in result.stdout
+    assert set(eval(result.stdout)) <= {("PATH", "/usr/bin:/bin"), ("HOME", "/tmp"), ("LANG", "C.UTF-8"),
+                                        ("LC_CTYPE", "C.UTF-8"), ("PWD", "/work")}
+
+
+def test_only_the_standard_library_is_importable(sandbox):
+    result = run(sandbox, "import json, collections\ntry:\n    import numpy\nexcept ImportError:\n    print('no numpy')")
+    assert result.stdout.strip() == "no numpy"
+
+
+def test_fails_closed_when_isolation_is_missing(tmp_path):
+    with pytest.raises(SandboxUnavailable, match="is not an executable"):
+        make_backend(SandboxConfig(bwrap=str(tmp_path / "no-bwrap")))
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(SandboxUnavailable, match="self-check failed .*No permissions"):
+        make_backend(SandboxConfig(bwrap=str(fake))).check()
+
+
+def test_process_backend_is_labelled_unisolated():
+    backend = make_backend(SandboxConfig(backend="process"))
+    backend.check()
+    assert backend.isolated is False
+    assert backend.run(Execution("print(6 * 7)"), slot=0).stdout == "42\n"
+    backend.close()
