@@ -16,14 +16,14 @@ class _Null:
     inc = observe = set
 
 
-def _metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...] = ()):
+def _metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...] = (), **kwargs: Any):
     import ray
 
     if not ray.is_initialized():
         return _Null()
     from ray.util import metrics
 
-    return getattr(metrics, kind)(name, description=description, tag_keys=tag_keys)
+    return getattr(metrics, kind)(name, description=description, tag_keys=tag_keys, **kwargs)
 
 
 class ServerMetrics:
@@ -63,3 +63,30 @@ class PoolMetrics:
 
     def servers(self, n: int) -> None:
         self._servers.set(n, tags=self.tags)
+
+
+class SandboxMetrics:
+    def __init__(self, experiment: str):
+        self.tags = {"experiment": experiment}
+        keys = ("experiment",)
+        self._queue = _metric("Gauge", "factory_sandbox_queue_depth", "Executions waiting", keys)
+        self._done = _metric("Counter", "factory_sandbox_executions", "Executions finished, by status",
+                             ("experiment", "status"))
+        self._latency = _metric("Histogram", "factory_sandbox_latency_s", "Submit-to-result seconds", keys,
+                                boundaries=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30])
+        self._replaced = _metric("Counter", "factory_sandbox_workers_replaced", "Workers replaced", keys)
+        self._workers = _metric("Gauge", "factory_sandbox_workers_ready", "Workers taking executions", keys)
+
+    def queued(self, n: int) -> None:
+        self._queue.set(n, tags=self.tags)
+
+    def finished(self, status: str, latency_s: float) -> None:
+        self._done.inc(1, tags={**self.tags, "status": status})
+        self._latency.observe(latency_s, tags=self.tags)
+
+    def replaced(self) -> None:
+        self._replaced.inc(1, tags=self.tags)
+
+    def workers(self, n: int) -> None:
+        self._workers.set(n, tags=self.tags)
+

@@ -1,0 +1,62 @@
+"""SandboxWorker: one host's sandbox backend, running up to `concurrency` executions at once.
+
+A plain class; the sandbox pool makes it a threaded Ray actor (so `health()`
+answers while executions run), and the gRPC SandboxService wraps it directly
+on hosts outside Ray. `setup()` fails closed: it raises SandboxUnavailable if
+the configured isolation does not pass its self-check.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+from runtime.config import SandboxConfig
+from runtime.sandbox import Execution, ExecutionResult, SandboxBackend, make_backend
+
+
+class SandboxWorker:
+    def __init__(self, cfg: SandboxConfig, name: str, index: int = 0):
+        self.cfg = cfg
+        self.name = name
+        self.index = index
+        self.backend: SandboxBackend | None = None
+        self._slots: queue.Queue[int] = queue.Queue()
+        self._lock = threading.Lock()
+        self._running = 0
+        self._completed = 0
+
+    def setup(self) -> dict[str, Any]:
+        backend = make_backend(self.cfg, slots=self.cfg.concurrency, tag=f"{self.index}")
+        backend.check()
+        self.backend = backend
+        for slot in range(self.cfg.concurrency):
+            self._slots.put(slot)
+        return {"name": self.name, "backend": backend.name, "isolated": backend.isolated}
+
+    def execute(self, execution: Execution) -> ExecutionResult:
+        """Run one execution; blocks while all slots are busy."""
+        if self.backend is None:
+            raise RuntimeError(f"{self.name}: setup() has not run")
+        slot = self._slots.get()
+        with self._lock:
+            self._running += 1
+        try:
+            result = self.backend.run(execution, slot)
+        finally:
+            self._slots.put(slot)
+            with self._lock:
+                self._running -= 1
+                self._completed += 1
+        result.worker = self.name
+        return result
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            return {"name": self.name, "ready": self.backend is not None, "running": self._running,
+                    "completed": self._completed, "isolated": bool(self.backend and self.backend.isolated)}
+
+    def shutdown(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
