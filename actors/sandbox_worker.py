@@ -55,6 +55,7 @@ class SandboxWorker:
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {"name": self.name, "ready": self.backend is not None, "running": self._running,
+                    "backend": self.backend.name if self.backend else "",
                     "completed": self._completed, "isolated": bool(self.backend and self.backend.isolated)}
 
     def shutdown(self) -> None:

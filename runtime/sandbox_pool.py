@@ -115,6 +115,14 @@ class SandboxPool:
         self.metrics.queued(self._queue.qsize() + len(self._retry))
         return job.future
 
+    def execute(self, execution: Execution) -> ExecutionResult:
+        return self.submit(execution).result()
+
+    def health(self) -> dict[str, Any]:
+        ready = [w for w in self.workers if w.state == "ready"]
+        return {"ready": bool(ready), "backend": self.sandbox.backend, "isolated": self.sandbox.backend == "bubblewrap",
+                "running": sum(len(w.inflight) for w in self.workers), "completed": sum(self.counts[s.value] for s in Status)}
+
     def run(self, executions: list[Execution]) -> list[ExecutionResult]:
         futures = [self.submit(e) for e in executions]
         return [f.result() for f in futures]
