@@ -5,6 +5,8 @@
     factory status|logs|stop JOB [--address URL]         follow a submitted job
     factory generate MODEL_OR_RECIPE "prompt"            quick look at any checkpoint
     factory config [RECIPE] [overrides]                  print the resolved config
+    factory sandbox check TASKS.jsonl [--solutions S]     run solutions through the sandbox pool
+    factory sandbox serve [overrides]                    a gRPC SandboxService on this host
 
 Errors the user can fix print as one line and exit with status 2.
 """
@@ -18,7 +20,12 @@ from runtime.errors import FactoryError
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or not all("=" in e and not e.startswith("-") for e in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args) or 0
     except FactoryError as exc:
@@ -54,6 +61,15 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", type=int, default=1, help="completions")
     cfg = _command(sub, "config", cmd_config, "print the resolved config")
     _recipe_args(cfg)
+    sandbox = sub.add_parser("sandbox", help="sandboxed code execution").add_subparsers(required=True, metavar="ACTION")
+    check = _command(sandbox, "check", cmd_sandbox_check, "run tasks' solutions through the sandbox pool")
+    check.add_argument("tasks", metavar="TASKS.jsonl")
+    check.add_argument("overrides", nargs="*", metavar="section.field=value")
+    check.add_argument("--solutions", metavar="SOLUTIONS.jsonl", help="{task_id, completion} per line")
+    check.add_argument("--recipe", default=None)
+    serve = _command(sandbox, "serve", cmd_sandbox_serve, "serve a sandbox over gRPC on this host (no Ray)")
+    serve.add_argument("overrides", nargs="*", metavar="section.field=value")
+    serve.add_argument("--recipe", default=None)
     return p
 
 
@@ -140,6 +156,28 @@ def cmd_generate(args) -> int:
     cfg = load_config(None if as_model else args.target, ([f"model.path={args.target}"] if as_model else []) + args.overrides)
     for text in generate(cfg, args.prompt, n=args.n, max_tokens=args.max_tokens, temperature=args.temperature):
         print(text)
+    return 0
+
+
+def cmd_sandbox_check(args) -> int:
+    import json
+
+    from runtime.config import load_config
+    from runtime.sandbox_check import check
+
+    summary = check(load_config(args.recipe, args.overrides), args.tasks, args.solutions)
+    for status, count in sorted(summary["status"].items()):
+        print(f"{status:>14}: {count}")
+    print(f"passed {summary['passed']}/{summary['tasks']} (pass rate {summary['pass_rate']:.1%})")
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_sandbox_serve(args) -> int:
+    from runtime.config import load_config
+    from runtime.sandbox_check import serve_forever
+
+    serve_forever(load_config(args.recipe, args.overrides))
     return 0
 
 

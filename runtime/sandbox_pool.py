@@ -164,7 +164,10 @@ class SandboxPool:
         if not refs:
             time.sleep(0.005)
             return
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0.01)
+        if not ray.wait(refs, num_returns=1, timeout=0.01)[0]:
+            self._expire_stuck()
+            return
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         owners = {ref: w for w in self.workers for ref in w.inflight}
         for ref in done:
             worker = owners[ref]

@@ -1,0 +1,73 @@
+"""`factory sandbox check` and `factory sandbox serve`."""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from rl.tasks import TaskFileError, load_tasks
+from runtime.config import FactoryConfig
+
+
+def load_solutions(path: str | Path) -> dict[str, str]:
+    """`{task_id, completion}` per line; a malformed line names the file and line."""
+    solutions = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            solutions[str(row["task_id"])] = row["completion"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise TaskFileError(f"{path}:{number}: expected {{task_id, completion}}: {exc!r}") from None
+    return solutions
+
+
+def check(cfg: FactoryConfig, tasks_path: str, solutions_path: str | None = None) -> dict[str, Any]:
+    """Run each task's canonical solution (or the given ones) through the sandbox pool."""
+    from rl.rewards.code_tests import code_test_rewards
+    from runtime.cluster import connect
+    from runtime.sandbox_pool import SandboxPool
+
+    if not Path(tasks_path).is_file():
+        raise TaskFileError(f"{tasks_path}: no such task file")
+    tasks = load_tasks(tasks_path)
+    given = load_solutions(solutions_path) if solutions_path else None
+    unknown = sorted(set(given or {}) - {t.id for t in tasks})
+    if unknown:
+        raise TaskFileError(f"{solutions_path}: task ids not in {tasks_path}: {', '.join(unknown[:5])}")
+    chosen = [t for t in tasks if given is None or t.id in given]
+    connect(cfg.cluster)
+    pool = SandboxPool(cfg).start()
+    try:
+        rewards = code_test_rewards(pool, chosen, [given[t.id] if given else t.solution for t in chosen])
+    finally:
+        pool.shutdown()
+    statuses = collections.Counter(r.status for r in rewards)
+    passed = sum(r.passed for r in rewards)
+    return {"tasks": len(chosen), "passed": passed, "pass_rate": round(passed / max(1, len(chosen)), 4),
+            "mean_fraction": round(sum(r.fraction for r in rewards) / max(1, len(rewards)), 4),
+            "status": dict(statuses), "failed_ids": [t.id for t, r in zip(chosen, rewards) if not r.passed][:20]}
+
+
+def serve_forever(cfg: FactoryConfig) -> None:
+    """A SandboxService on this host, outside Ray, until SIGINT or SIGTERM."""
+    from actors.sandbox_worker import SandboxWorker
+    from serve.sandbox_service import serve
+
+    worker = SandboxWorker(cfg.sandbox, f"{cfg.experiment.name}/sandbox-host/0")
+    info = worker.setup()
+    server, port = serve(worker, cfg.sandbox.grpc, concurrency=cfg.sandbox.concurrency)
+    print(f"SandboxService ({info['backend']}, isolated={info['isolated']}) on {cfg.sandbox.grpc.host}:{port}",
+          flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        server.stop(grace=5).wait()
+        worker.shutdown()
