@@ -5,6 +5,7 @@
     factory status|logs|stop JOB [--address URL]         follow a submitted job
     factory generate MODEL_OR_RECIPE "prompt"            quick look at any checkpoint
     factory config [RECIPE] [overrides]                  print the resolved config
+    factory trace RUN_DIR --step S                       the documents behind a step
     factory sandbox check TASKS.jsonl [--solutions S]     run solutions through the sandbox pool
     factory sandbox serve [overrides]                    a gRPC SandboxService on this host
 
@@ -61,6 +62,10 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", type=int, default=1, help="completions")
     cfg = _command(sub, "config", cmd_config, "print the resolved config")
     _recipe_args(cfg)
+    tr = _command(sub, "trace", cmd_trace, "list the documents behind a training step")
+    tr.add_argument("run_dir", metavar="RUN_DIR")
+    tr.add_argument("--step", type=int, required=True)
+    tr.add_argument("--top", type=int, default=10, help="highest-loss samples to show")
     sandbox = sub.add_parser("sandbox", help="sandboxed code execution").add_subparsers(required=True, metavar="ACTION")
     check = _command(sandbox, "check", cmd_sandbox_check, "run tasks' solutions through the sandbox pool")
     check.add_argument("tasks", metavar="TASKS.jsonl")
@@ -178,6 +183,17 @@ def cmd_sandbox_serve(args) -> int:
     from runtime.sandbox_check import serve_forever
 
     serve_forever(load_config(args.recipe, args.overrides))
+    return 0
+
+
+def cmd_trace(args) -> int:
+    import json
+
+    from runtime.trace import render, trace
+
+    result = trace(args.run_dir, args.step, args.top)
+    print(render(result))
+    print(json.dumps(result))
     return 0
 
 

@@ -216,6 +216,81 @@ class SandboxConfig(Section):
     """The SandboxService that exposes a sandbox over gRPC."""
 
 
+class SourceConfig(Section):
+    """One data source of the blend."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Unique name; provenance and metrics refer to it."""
+    type: Literal["jsonl", "parquet", "generator", "live"]
+    """`jsonl`/`parquet` files, an in-process `generator`, or a `live` source fed by put()."""
+    paths: list[str] = []
+    """Files or globs for jsonl and parquet, read in sorted order."""
+    generator: str | None = None
+    """Registered generator for type generator: python_functions, arithmetic or corpus."""
+    weight: float = Field(1.0, ge=0)
+    """Mixture weight; weights are normalised over the sources that still have data."""
+    text_field: str = "text"
+    """Field holding the document text."""
+    id_field: str = "id"
+    """Field holding the document id; missing ids become `<file>:<line>` or `<name>:<index>`."""
+    license_field: str = "license"
+    """Field holding the document's license, for the license filter."""
+    transforms: list[Literal["license", "dedup", "near_dedup", "length"]] | None = None
+    """Filters of this source, in order; empty uses `data.transforms`."""
+
+    @model_validator(mode="after")
+    def _needs_what_its_type_reads(self) -> SourceConfig:
+        if self.type in ("jsonl", "parquet") and not self.paths:
+            raise ValueError(f"source {self.name}: type {self.type} needs paths")
+        if self.type == "generator" and not self.generator:
+            raise ValueError(f"source {self.name}: type generator needs generator")
+        return self
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = [
+        SourceConfig(name="python", type="generator", generator="python_functions", weight=0.5),
+        SourceConfig(name="arithmetic", type="generator", generator="arithmetic", weight=0.5),
+    ]
+    """Sources of the blend."""
+    seq_len: int = Field(128, ge=8)
+    """Tokens per packed sample."""
+    batch_size: int = Field(16, ge=1)
+    """Samples per step, over all trainer shards together."""
+    transforms: list[Literal["license", "dedup", "near_dedup", "length"]] = ["license", "dedup", "length"]
+    """Default filter chain of every source, in order; tokenisation and packing always follow."""
+    license_allow: list[str] = []
+    """Licenses the license filter lets through; empty lets everything through."""
+    allow_missing_license: bool = True
+    """Whether the license filter lets through documents without a license field."""
+    min_chars: int = Field(8, ge=0)
+    """Shorter documents are dropped (too_short)."""
+    max_chars: int = Field(100_000, ge=1)
+    """Longer documents are dropped (too_long)."""
+    max_non_text_fraction: float = Field(0.3, ge=0, le=1)
+    """Documents whose share of characters that are neither letters, digits, punctuation nor
+    whitespace exceeds this are dropped (non_text)."""
+    near_dedup_bands: int = Field(8, ge=1)
+    """MinHash LSH bands for near_dedup; with near_dedup_rows, a Jaccard threshold ~(1/b)^(1/r)."""
+    near_dedup_rows: int = Field(8, ge=1)
+    """Rows per band."""
+    prefetch_steps: int = Field(4, ge=1)
+    """Steps prepared ahead of the trainers (bounded buffer)."""
+    replay_window: int = Field(16, ge=1)
+    """Served steps kept to answer replays identically."""
+    skip_bad_lines: bool = False
+    """Skip (and count) malformed JSONL lines instead of failing with file and line."""
+    batch_timeout_s: float = Field(120.0, gt=0)
+    """Seconds a batch() call waits for its step to be prepared."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DataConfig:
+        names = [s.name for s in self.sources]
+        if len(names) != len(set(names)):
+            raise ValueError(f"data.sources: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
+        return self
+
+
 class FactoryConfig(Section):
     """Root of the tree: one experiment."""
 
@@ -231,6 +306,8 @@ class FactoryConfig(Section):
     """vLLM engines and the inference pool."""
     sandbox: SandboxConfig = SandboxConfig()
     """Isolated code execution for rewards."""
+    data: DataConfig = DataConfig()
+    """The streaming data blender."""
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -271,21 +348,53 @@ def validate_tree(tree: dict[str, Any], source: str = "config") -> FactoryConfig
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `true`, `[a, b]`)."""
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `true`, `[a, b]`).
+
+    A numeric part indexes a list (`data.sources.0.weight=2`); a list the recipe
+    does not set is first copied from the defaults."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r} is not of the form section.field=value")
     parts = key.strip().split(".")
-    node = tree
+    node: Any = tree
+    default: Any = FactoryConfig().model_dump(mode="json")
     for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section (override {override!r})")
-        node = child
+        default = _child(default, part)
+        node = _descend(node, part, default, ".".join(parts[: depth + 1]), override)
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        node[parts[-1]] = raw
+        value = raw
+    _assign(node, parts[-1], value, key)
+
+
+def _child(node: Any, part: str) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        return node[int(part)]
+    return None
+
+
+def _descend(node: Any, part: str, default: Any, path: str, override: str) -> Any:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"{path}: no such list index (override {override!r})")
+        return node[int(part)]
+    if part not in node:
+        node[part] = list(default) if isinstance(default, list) else {}
+    if not isinstance(node[part], (dict, list)):
+        raise ConfigError(f"{path} is a value, not a section (override {override!r})")
+    return node[part]
+
+
+def _assign(node: Any, part: str, value: Any, path: str) -> None:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"{path}: no such list index")
+        node[int(part)] = value
+    else:
+        node[part] = value
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -14,13 +14,13 @@ _OPS = ["+", "-", "*"]
 
 def python_function(rng: random.Random) -> str:
     name = rng.choice(_NAMES)
-    a, b = rng.randint(1, 9), rng.randint(0, 9)
-    body = rng.choice([f"{a} * x + {b}", f"x * x + {b}", f"x - {b}", f"{a} * (x + {b})", f"x + {a}"])
+    a, b = rng.randint(1, 99), rng.randint(0, 99)
+    body = rng.choice([f"{a} * x + {b}", f"x * x + {b}", f"x - {b}", f"{a} * (x + {b})", f"x + {a}", f"(x - {b}) * {a}"])
     return f"def {name}(x):\n    return {body}\n"
 
 
 def arithmetic(rng: random.Random) -> str:
-    a, b, op = rng.randint(0, 99), rng.randint(0, 99), rng.choice(_OPS)
+    a, b, op = rng.randint(0, 999), rng.randint(0, 999), rng.choice(_OPS)
     return f"{a} {op} {b} = {eval(f'{a} {op} {b}')}\n"
 
 

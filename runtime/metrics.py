@@ -90,3 +90,24 @@ class SandboxMetrics:
     def workers(self, n: int) -> None:
         self._workers.set(n, tags=self.tags)
 
+
+
+class BlenderMetrics:
+    def __init__(self, blender: str):
+        self.tags = {"blender": blender}
+        self._tokens = _metric("Counter", "factory_blender_tokens", "Tokens served, by source (the realised mix)",
+                               ("blender", "source"))
+        self._drops = _metric("Counter", "factory_blender_dropped_documents", "Documents dropped, by reason",
+                              ("blender", "reason"))
+        self._step = _metric("Gauge", "factory_blender_served_step", "Last step served", ("blender",))
+        self._buffer = _metric("Gauge", "factory_blender_prepared_steps", "Steps prepared and held", ("blender",))
+
+    def served(self, manifest: dict) -> None:
+        for source, tokens in manifest["tokens_by_source"].items():
+            self._tokens.inc(tokens, tags={**self.tags, "source": source})
+        for reason, count in manifest["drops"].items():
+            self._drops.inc(count, tags={**self.tags, "reason": reason})
+        self._step.set(manifest["step"], tags=self.tags)
+
+    def prepared(self, steps: int) -> None:
+        self._buffer.set(steps, tags=self.tags)

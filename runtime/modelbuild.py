@@ -21,7 +21,7 @@ from pathlib import Path
 from runtime.config import BuildConfig, ModelConfig
 from runtime.errors import ModelPathError
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}<|eos|>{% endfor %}"

@@ -1,0 +1,91 @@
+"""The blender's SQLite file under the run directory: step manifests, dedup keys, live
+documents, the change log and the latest snapshot. A replacement blender opens the same file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS manifests (step INTEGER PRIMARY KEY, manifest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (step INTEGER, sample INTEGER, source TEXT, doc_id TEXT, offset INTEGER,
+                                      length INTEGER);
+CREATE INDEX IF NOT EXISTS documents_step ON documents (step);
+CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, step INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS live (source TEXT, idx INTEGER, step INTEGER, doc TEXT, PRIMARY KEY (source, idx));
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER, kind TEXT, payload TEXT);
+CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 0), step INTEGER, state TEXT);
+CREATE TABLE IF NOT EXISTS sample_losses (step INTEGER, sample INTEGER, loss REAL, PRIMARY KEY (step, sample));
+"""
+
+
+class BlendStore:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+        self.lock = threading.Lock()
+
+    def add_seen(self, rows: list[tuple[str, int]]) -> None:
+        with self.lock:
+            self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", rows)
+
+    def seen_before(self, step: int) -> dict[str, int]:
+        with self.lock:
+            return dict(self.db.execute("SELECT key, step FROM seen WHERE step < ?", (step,)))
+
+    def forget_from(self, step: int) -> None:
+        """Drop what steps >= `step` recorded: they will be produced again."""
+        with self.lock:
+            self.db.execute("DELETE FROM seen WHERE step >= ?", (step,))
+
+    def put_live(self, source: str, docs: list[dict], step: int) -> None:
+        with self.lock:
+            start = self.db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM live WHERE source = ?", (source,)).fetchone()[0]
+            self.db.executemany("INSERT INTO live VALUES (?, ?, ?, ?)",
+                                [(source, start + i, step, json.dumps(d)) for i, d in enumerate(docs)])
+
+    def live_docs(self, source: str, start: int, step: int) -> Iterator[tuple[int, dict]]:
+        with self.lock:
+            rows = self.db.execute("SELECT idx, doc FROM live WHERE source = ? AND idx >= ? AND step <= ? ORDER BY idx",
+                                   (source, start, step)).fetchall()
+        for idx, doc in rows:
+            yield idx, json.loads(doc)
+
+    def log_change(self, step: int, kind: str, payload: Any) -> None:
+        with self.lock:
+            self.db.execute("INSERT INTO changes (step, kind, payload) VALUES (?, ?, ?)", (step, kind, json.dumps(payload)))
+
+    def changes(self) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.db.execute("SELECT step, kind, payload FROM changes ORDER BY seq").fetchall()
+        return [{"step": s, "kind": k, "payload": json.loads(p)} for s, k, p in rows]
+
+    def save_manifest(self, step: int, manifest: dict[str, Any]) -> None:
+        rows = [(step, i, s["source"], p["doc_id"], p["offset"], p["length"])
+                for i, s in enumerate(manifest["samples"]) for p in s["pieces"]]
+        with self.lock:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT OR REPLACE INTO manifests VALUES (?, ?)", (step, json.dumps(manifest)))
+            self.db.execute("DELETE FROM documents WHERE step = ?", (step,))
+            self.db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self.db.execute("COMMIT")
+
+    def manifest(self, step: int) -> dict[str, Any] | None:
+        with self.lock:
+            row = self.db.execute("SELECT manifest FROM manifests WHERE step = ?", (step,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def save_snapshot(self, step: int, state: dict[str, Any]) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO snapshot VALUES (0, ?, ?)", (step, json.dumps(state)))
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
