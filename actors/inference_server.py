@@ -21,11 +21,13 @@ crosses them; that arrives with the weight broadcaster.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.config import InferenceConfig
@@ -68,6 +70,18 @@ class InferenceServer:
         """Generate for every request; results in request order."""
         futures = [self._require_loop().submit(request) for request in requests]
         return [future.result() for future in futures]
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[dict[str, Any]]:
+        """Yield `{"text", "token_ids"}` deltas as tokens are sampled, then `{"result": GenerationResult}`.
+
+        One completion (n=1); call it as a Ray streaming generator."""
+        if request.sampling.n != 1:
+            raise ValueError("streaming supports n=1")
+        deltas: queue.Queue = queue.Queue()
+        future = self._require_loop().submit(request, stream=deltas)
+        while (item := deltas.get()) is not None:
+            yield {"text": item[0], "token_ids": item[1]}
+        yield {"result": future.result()}
 
     def load_weights(self, version: int, weights: Mapping[str, Any]) -> int:
         """Reload `weights` (HF parameter names to tensors) in place as `version`; returns the version served."""
@@ -117,16 +131,17 @@ class EngineLoop(threading.Thread):
         self.version = 0
         self.metrics = ServerMetrics(name)
         self._cv = threading.Condition()
-        self._pending: deque[tuple[GenerationRequest, Future]] = deque()
+        self._pending: deque[tuple[GenerationRequest, Future, queue.Queue | None]] = deque()
         self._controls: deque[tuple[Callable[[], Any], Future]] = deque()
-        self._running: dict[str, tuple[GenerationRequest, Future]] = {}
+        self._running: dict[str, Running] = {}
         self._stopped = False
         self._error: BaseException | None = None
 
-    def submit(self, request: GenerationRequest) -> Future:
+    def submit(self, request: GenerationRequest, stream: queue.Queue | None = None) -> Future:
+        """The future result; with `stream`, (text, token_ids) deltas are put there as they come, then None."""
         future: Future = Future()
         with self._cv:
-            self._pending.append((request, future))
+            self._pending.append((request, future, stream))
             self._cv.notify()
         return future
 
@@ -176,47 +191,56 @@ class EngineLoop(threading.Thread):
                 self._pending.clear()
         if control is not None:
             _run_into(*control)
-        for request, future in admitted:
-            self._admit(request, future)
+        for request, future, stream in admitted:
+            self._admit(request, future, stream)
         if self._running:
             self._step()
         return True
 
-    def _admit(self, request: GenerationRequest, future: Future) -> None:
+    def _admit(self, request: GenerationRequest, future: Future, stream: queue.Queue | None) -> None:
         try:
             if request.id in self._running:
                 raise ValueError(f"request id {request.id} is already running on {self.server}")
             prompt = request.prompt if request.prompt is not None else {"prompt_token_ids": request.prompt_token_ids}
-            self.engine.add_request(request.id, prompt, sampling_params(request), priority=int(request.workload))
+            params = sampling_params(request, stream=stream is not None)
+            self.engine.add_request(request.id, prompt, params, priority=int(request.workload))
         except Exception as exc:  # a bad request fails alone; the engine goes on
             future.set_exception(exc)
+            if stream is not None:
+                stream.put(None)
             return
-        self._running[request.id] = (request, future)
+        self._running[request.id] = Running(request, future, stream)
         self.metrics.in_flight(len(self._running))
 
     def _step(self) -> None:
         for output in self.engine.step():
+            running = self._running[output.request_id]
+            if running.stream is not None:
+                running.add_delta(output.outputs[0])
             if not output.finished:
                 continue
-            request, future = self._running.pop(output.request_id)
-            result = self._result(request, output)
+            self._running.pop(output.request_id)
+            result = self._result(running, output)
             self.metrics.finished(sum(len(c.token_ids) for c in result.completions))
-            future.set_result(result)
+            running.future.set_result(result)
+            if running.stream is not None:
+                running.stream.put(None)
         self.metrics.in_flight(len(self._running))
 
-    def _result(self, request: GenerationRequest, output) -> GenerationResult:
+    def _result(self, running: Running, output) -> GenerationResult:
+        request = running.request
         prompt_ids = list(output.prompt_token_ids or [])
         prompt = request.prompt if request.prompt is not None else self.tokenizer.decode(prompt_ids)
-        completions = [
-            Completion(
-                text=c.text if request.sampling.stop else self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
-                token_ids=list(c.token_ids),
-                logprobs=[step[token].logprob for step, token in zip(c.logprobs or [], c.token_ids)],
-                finish_reason=c.finish_reason or "stop",
-            )
-            for c in sorted(output.outputs, key=lambda c: c.index)
-        ]
+        if running.stream is not None:
+            last = output.outputs[0]
+            completions = [Completion(running.text, running.token_ids, running.logprobs, last.finish_reason or "stop")]
+        else:
+            completions = [self._completion(request, c) for c in sorted(output.outputs, key=lambda c: c.index)]
         return GenerationResult(request.id, prompt, prompt_ids, completions, self.version, self.server)
+
+    def _completion(self, request: GenerationRequest, c) -> Completion:
+        text = c.text if request.sampling.stop else self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+        return Completion(text, list(c.token_ids), token_logprobs(c), c.finish_reason or "stop")
 
     def _reload(self, version: int, weights: Mapping[str, Any]) -> int:
         if version < self.version:
@@ -230,16 +254,40 @@ class EngineLoop(threading.Thread):
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._cv:
-            waiting = [f for _, f in self._pending] + [f for _, f in self._controls]
-            waiting += [f for _, f in self._running.values()]
+            waiting = [(f, q) for _, f, q in self._pending] + [(f, None) for _, f in self._controls]
+            waiting += [(r.future, r.stream) for r in self._running.values()]
             self._pending.clear(), self._controls.clear(), self._running.clear()
-        for future in waiting:
+        for future, stream in waiting:
             if not future.done():
                 future.set_exception(exc)
+            if stream is not None:
+                stream.put(None)
 
 
-def sampling_params(request: GenerationRequest):
-    """vLLM's params; text is decoded once at the end unless stop strings need it step by step."""
+@dataclass
+class Running:
+    """A request in the engine; streamed ones accumulate their deltas here."""
+
+    request: GenerationRequest
+    future: Future
+    stream: queue.Queue | None = None
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+    def add_delta(self, c) -> None:
+        self.text += c.text
+        self.token_ids += list(c.token_ids)
+        self.logprobs += token_logprobs(c)
+        self.stream.put((c.text, list(c.token_ids)))
+
+
+def token_logprobs(c) -> list[float]:
+    return [step[token].logprob for step, token in zip(c.logprobs or [], c.token_ids)]
+
+
+def sampling_params(request: GenerationRequest, stream: bool = False):
+    """vLLM's params; text is decoded once at the end unless stop strings or streaming need it step by step."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -252,9 +300,9 @@ def sampling_params(request: GenerationRequest):
         stop=list(s.stop) or None,
         seed=s.seed,
         ignore_eos=s.ignore_eos,
-        detokenize=bool(s.stop),
+        detokenize=bool(s.stop) or stream,
         logprobs=0,
-        output_kind=RequestOutputKind.FINAL_ONLY,
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
     )
 
 

@@ -5,6 +5,7 @@
     factory status|logs|stop JOB [--address URL]         follow a submitted job
     factory generate MODEL_OR_RECIPE "prompt"            quick look at any checkpoint
     factory config [RECIPE] [overrides]                  print the resolved config
+    factory serve RUN_DIR|MODEL [--port P]               the playground over a run's versions
     factory trace RUN_DIR --step S                       the documents behind a step
     factory sandbox check TASKS.jsonl [--solutions S]     run solutions through the sandbox pool
     factory sandbox serve [overrides]                    a gRPC SandboxService on this host
@@ -62,6 +63,11 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", type=int, default=1, help="completions")
     cfg = _command(sub, "config", cmd_config, "print the resolved config")
     _recipe_args(cfg)
+    srv = _command(sub, "serve", cmd_serve, "open the playground for a run directory or any HF checkpoint")
+    srv.add_argument("target", metavar="RUN_DIR|MODEL")
+    srv.add_argument("overrides", nargs="*", metavar="section.field=value")
+    srv.add_argument("--port", type=int, default=None)
+    srv.add_argument("--host", default=None)
     tr = _command(sub, "trace", cmd_trace, "list the documents behind a training step")
     tr.add_argument("run_dir", metavar="RUN_DIR")
     tr.add_argument("--step", type=int, required=True)
@@ -183,6 +189,14 @@ def cmd_sandbox_serve(args) -> int:
     from runtime.sandbox_check import serve_forever
 
     serve_forever(load_config(args.recipe, args.overrides))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from runtime.serving import serve_forever
+
+    extra = [f"playground.port={args.port}"] * (args.port is not None) + [f"playground.host={args.host}"] * bool(args.host)
+    serve_forever(args.target, [*args.overrides, *extra])
     return 0
 
 

@@ -291,6 +291,27 @@ class DataConfig(Section):
         return self
 
 
+class PlaygroundConfig(Section):
+    enabled: bool = False
+    """Start the playground beside the experiment while it runs (after a run: `factory serve RUN_DIR`)."""
+    host: str = "127.0.0.1"
+    """Address the Serve HTTP proxy binds; any other than 127.0.0.1 requires `api_key`."""
+    port: int = Field(8000, ge=0, le=65535)
+    """HTTP port of the playground and its OpenAI-compatible API."""
+    api_key: str | None = None
+    """Bearer key API calls must carry; empty reads FACTORY_PLAYGROUND_KEY."""
+    max_tokens: int = Field(256, ge=1)
+    """Largest max_tokens a request may ask for."""
+    max_prompt_tokens: int = Field(384, ge=1)
+    """Longest prompt, in tokens, after the chat template."""
+    max_concurrency_per_key: int = Field(4, ge=1)
+    """Requests one key (or, on loopback without a key, everyone) may have running at once."""
+    max_loaded_models: int = Field(2, ge=1)
+    """Saved versions or checkpoints with an engine at once; the least recently used is stopped."""
+    request_timeout_s: float = Field(120.0, gt=0)
+    """Seconds one request may take, engine start included."""
+
+
 class FactoryConfig(Section):
     """Root of the tree: one experiment."""
 
@@ -308,6 +329,8 @@ class FactoryConfig(Section):
     """Isolated code execution for rewards."""
     data: DataConfig = DataConfig()
     """The streaming data blender."""
+    playground: PlaygroundConfig = PlaygroundConfig()
+    """The OpenAI-compatible endpoint and web page over any model version."""
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

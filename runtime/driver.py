@@ -30,17 +30,24 @@ def run(cfg: FactoryConfig) -> RunResult:
     from runtime.cluster import connect
     from runtime.inference_pool import InferencePool
     from runtime.modelbuild import resolve_model
+    from runtime.versions import link_base, save_version
 
     model_path = resolve_model(cfg.model, cfg.experiment.seed)
     run_dir = prepare_run_dir(cfg)
     say(f"model: {model_path}")
     say(f"dashboard: {connect(cfg.cluster)}")
+    link_base(run_dir, model_path)
     pool = InferencePool(cfg, model_path).start()
+    if cfg.playground.enabled:
+        from serve.playground import start as start_playground
+
+        say(f"playground: {start_playground(cfg, run_dir)} (model `live` follows the run)")
     try:
         say(f"inference servers ready: {', '.join(pool.versions())}")
         samples = sample(pool, cfg)
-        weights = ray.put(stand_in_weights(model_path, cfg.experiment.seed + 1))
-        versions = pool.load_weights(1, weights)
+        state = stand_in_weights(model_path, cfg.experiment.seed + 1)
+        versions = pool.load_weights(1, ray.put(state))
+        save_version(run_dir, 1, state, model_path)
         say(f"published version 1: {versions}")
         samples += sample(pool, cfg)
     finally:

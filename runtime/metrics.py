@@ -111,3 +111,23 @@ class BlenderMetrics:
 
     def prepared(self, steps: int) -> None:
         self._buffer.set(steps, tags=self.tags)
+
+
+class PlaygroundMetrics:
+    def __init__(self):
+        keys = ("model", "version")
+        self._requests = _metric("Counter", "factory_playground_requests", "Playground requests answered", keys)
+        self._tokens = _metric("Counter", "factory_playground_tokens", "Tokens generated for the playground", keys)
+        self._latency = _metric("Histogram", "factory_playground_latency_s", "Seconds per request", keys,
+                                boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60])
+        self._rate = _metric("Gauge", "factory_playground_tokens_per_s", "Tokens/s of the last request", keys)
+
+    def record(self, model: str, result, elapsed: float) -> None:
+        tags = {"model": model, "version": str(result.version)}
+        tokens = len(result.completions[0].token_ids)
+        self._requests.inc(1, tags=tags)
+        if tokens:
+            self._tokens.inc(tokens, tags=tags)
+        if elapsed > 0:
+            self._latency.observe(elapsed, tags=tags)
+            self._rate.set(tokens / elapsed, tags=tags)
