@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -45,7 +46,9 @@ def serve_forever(target: str, overrides: list[str]) -> None:
     url = start(cfg, run_dir)
     print(f"playground: {url}   (OpenAI API at {url}v1; feedback in {run_dir / 'feedback.sqlite'}; Ctrl-C stops)",
           flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        threading.Event().wait()
+        stop.wait()
     finally:
         serve.shutdown()

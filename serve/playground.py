@@ -192,27 +192,27 @@ class Playground:
         if body.get("stream"):
             return StreamingResponse(self._stream(model, gen, chat, key), media_type="text/event-stream")
         try:
-            started = time.monotonic()
-            result = await self._generate(model, gen)
+            result, elapsed = await self._generate(model, gen)
         finally:
             self.running[key] -= 1
-        elapsed = time.monotonic() - started
         self.metrics.record(model, result, elapsed)
         return self._body(model, result, chat, elapsed)
 
-    async def _generate(self, model: str, gen: GenerationRequest) -> GenerationResult:
+    async def _generate(self, model: str, gen: GenerationRequest) -> tuple[GenerationResult, float]:
+        """The result and its generation seconds (an engine's start on first use not counted)."""
         handle = await self._engine(model)
-        ref = handle.generate.remote([gen])
+        started = time.monotonic()
         try:
-            [result] = await asyncio.wait_for(ref, timeout=self.limits.request_timeout_s)
+            [result] = await asyncio.wait_for(handle.generate.remote([gen]), timeout=self.limits.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, f"no answer within {self.limits.request_timeout_s}s", "timeout") from None
-        return result
+        return result, time.monotonic() - started
 
     async def _stream(self, model: str, gen: GenerationRequest, chat: bool, key: str):
-        started, rid = time.monotonic(), f"{'chatcmpl' if chat else 'cmpl'}-{gen.id}"
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{gen.id}"
         try:
             handle = await self._engine(model)
+            started = time.monotonic()
             async for ref in handle.generate_stream.options(num_returns="streaming").remote(gen):
                 item = await ref
                 if "result" in item:

@@ -178,3 +178,45 @@ def test_factory_trace_finds_the_documents_of_a_step(make, tmp_path):
     assert result["highest_loss"][0]["documents"][0]["doc_id"] == served[1]["manifest"][2]["pieces"][0]["doc_id"]
     missing = subprocess.run([factory, "trace", str(tmp_path / "traced"), "--step", "99"], capture_output=True, text=True)
     assert missing.returncode == 2 and "step 99 was not served" in missing.stderr
+
+
+def drain(blender, steps=50):
+    served = []
+    for step in range(steps):
+        try:
+            served += [p["doc_id"] for m in blender.batch(step)["manifest"] for p in m["pieces"]]
+        except Exception as exc:
+            if type(exc).__name__ != "EndOfData":
+                raise
+            return served, sum((Counter(blender.store.manifest(s)["drops"]) for s in range(step)), Counter())
+    raise AssertionError("the source did not end")
+
+
+def test_parquet_source_resumes_by_row(make, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"p{i}", "text": f"parquet row {i} with some text"} for i in range(30)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet", row_group_size=7)
+    blender = make(f"data.sources=[{json.dumps({'name': 'pq', 'type': 'parquet', 'paths': [str(tmp_path / 'rows.parquet')]})}]",
+                   "data.batch_size=3", run_dir=tmp_path / "pq-run")
+    served, _ = drain(blender)
+    assert served == [r["id"] for r in rows]
+
+
+def test_near_dedup_drops_near_copies(make, tmp_path):
+    base = "the quick brown fox jumps over the lazy dog near the river bank at dawn"
+    rows = [{"id": "orig", "text": base}, {"id": "near", "text": base + "!"},
+            {"id": "other", "text": "an entirely different sentence about parsing json files quickly"}]
+    blender = make(*jsonl_source(write_jsonl(tmp_path / "n.jsonl", rows), transforms=["near_dedup"]),
+                   "data.batch_size=1")
+    served, drops = drain(blender)
+    assert served == ["orig", "other"] and drops == {"near_duplicate": 1}
+
+
+def test_length_and_outlier_filters(make, tmp_path):
+    rows = [{"id": "short", "text": "hi"}, {"id": "ok", "text": "a perfectly normal sentence"},
+            {"id": "long", "text": "x" * 500}, {"id": "binary", "text": "\u0001\u0002\u0003\u0004" * 10 + "abc"}]
+    blender = make(*jsonl_source(write_jsonl(tmp_path / "l.jsonl", rows)), "data.max_chars=400", "data.batch_size=1")
+    served, drops = drain(blender)
+    assert served == ["ok"] and drops == {"too_short": 1, "too_long": 1, "non_text": 1}
