@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import collections
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 from rl.tasks import TaskFileError, load_tasks
 from runtime.config import FactoryConfig
+from runtime.signals import wait_for_stop
 
 
 def load_solutions(path: str | Path) -> dict[str, str]:
@@ -64,10 +63,8 @@ def serve_forever(cfg: FactoryConfig) -> None:
     server, port = serve(worker, cfg.sandbox.grpc, concurrency=cfg.sandbox.concurrency)
     print(f"SandboxService ({info['backend']}, isolated={info['isolated']}) on {cfg.sandbox.grpc.host}:{port}",
           flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
+        wait_for_stop()
     finally:
         server.stop(grace=5).wait()
         worker.shutdown()

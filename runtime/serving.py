@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from pathlib import Path
 
 from runtime.config import FactoryConfig, load_config, validate_tree
 from runtime.errors import FactoryError
+from runtime.signals import wait_for_stop
 
 
 def playground_config(target: str, overrides: list[str]) -> tuple[FactoryConfig, Path]:
@@ -46,9 +45,7 @@ def serve_forever(target: str, overrides: list[str]) -> None:
     url = start(cfg, run_dir)
     print(f"playground: {url}   (OpenAI API at {url}v1; feedback in {run_dir / 'feedback.sqlite'}; Ctrl-C stops)",
           flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
+        wait_for_stop()
     finally:
         serve.shutdown()
