@@ -312,6 +312,26 @@ class PlaygroundConfig(Section):
     """Seconds one request may take, engine start included."""
 
 
+class WeightsGrpcConfig(Section):
+    enabled: bool = False
+    """Serve published versions over gRPC (WeightService) for inference servers outside Ray."""
+    host: str = "127.0.0.1"
+    """Address the WeightService binds; any other than 127.0.0.1 requires `token`."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port (0 picks a free one)."""
+    token: str | None = None
+    """Bearer token callers put in the `authorization` metadata; empty reads FACTORY_WEIGHTS_TOKEN."""
+
+
+class WeightsConfig(Section):
+    keep_versions: int = Field(2, ge=1)
+    """Versions the broadcaster keeps for replacements and the gRPC stream."""
+    publish_timeout_s: float = Field(300.0, gt=0)
+    """Seconds every server may take to reload a published version."""
+    grpc: WeightsGrpcConfig = WeightsGrpcConfig()
+    """The WeightService."""
+
+
 class FactoryConfig(Section):
     """Root of the tree: one experiment."""
 
@@ -329,6 +349,8 @@ class FactoryConfig(Section):
     """Isolated code execution for rewards."""
     data: DataConfig = DataConfig()
     """The streaming data blender."""
+    weights: WeightsConfig = WeightsConfig()
+    """The weight broadcaster and its gRPC stream."""
     playground: PlaygroundConfig = PlaygroundConfig()
     """The OpenAI-compatible endpoint and web page over any model version."""
 

@@ -1,8 +1,7 @@
 """SandboxService over gRPC: servicer, server, client, and the `grpc` sandbox backend.
 
-Binding: 127.0.0.1 needs no token. Any other address needs one (config or
-FACTORY_SANDBOX_TOKEN); calls must carry `authorization: Bearer <token>` in
-their metadata or are refused with UNAUTHENTICATED, before any code runs.
+Binding follows serve/grpc_auth.py: off 127.0.0.1 a token is required (config
+or FACTORY_SANDBOX_TOKEN) and calls without it are refused before any code runs.
 
 The servicer runs over anything with `execute(Execution) -> ExecutionResult`
 and `health() -> dict`: a SandboxWorker on a host outside Ray
@@ -11,7 +10,6 @@ and `health() -> dict`: a SandboxWorker on a host outside Ray
 
 from __future__ import annotations
 
-import hmac
 import os
 import queue
 import threading
@@ -22,11 +20,11 @@ import grpc
 
 from runtime.config import SandboxConfig, SandboxGrpcConfig
 from runtime.errors import ConfigError
+from serve import grpc_auth
 from runtime.sandbox import Execution, ExecutionResult, SandboxBackend, SandboxUnavailable, Status
 from serve.protos import sandbox_pb2 as pb
 from serve.protos import sandbox_pb2_grpc as pb_grpc
 
-LOOPBACK = "127.0.0.1"
 TOKEN_ENV = "FACTORY_SANDBOX_TOKEN"
 CALL_MARGIN_S = 30.0
 
@@ -91,38 +89,15 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
                               completed=int(h.get("completed", 0)))
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
-    """Refuses every call whose metadata lacks `authorization: Bearer <token>`."""
-
-    def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
-
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        given = dict(details.invocation_metadata).get("authorization", "").encode()
-        if handler is None or hmac.compare_digest(given, self.expected):
-            return handler
-
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(deny)
-        return grpc.unary_unary_rpc_method_handler(deny)
-
-
 def resolve_token(cfg: SandboxGrpcConfig) -> str | None:
-    token = cfg.token or os.environ.get(TOKEN_ENV)
-    if cfg.host != LOOPBACK and not token:
-        raise ConfigError(f"sandbox.grpc.token: binding {cfg.host} needs a token (config or {TOKEN_ENV})")
-    return token
+    return grpc_auth.resolve_token(cfg.host, cfg.token, TOKEN_ENV, "sandbox.grpc.token")
 
 
 def serve(executor: Executor, cfg: SandboxGrpcConfig, concurrency: int = 16) -> tuple[grpc.Server, int]:
     """Start a SandboxService; returns the server and the port it bound."""
     token = resolve_token(cfg)
     server = grpc.server(ThreadPoolExecutor(max_workers=concurrency + 4, thread_name_prefix="sandbox-grpc"),
-                         interceptors=[TokenInterceptor(token)] if token else [])
+                         interceptors=[grpc_auth.TokenInterceptor(token)] if token else [])
     pb_grpc.add_SandboxServiceServicer_to_server(SandboxServicer(executor, concurrency), server)
     port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
     if port == 0:
@@ -135,7 +110,7 @@ class SandboxClient:
     def __init__(self, endpoint: str, token: str | None = None, timeout_s: float = 60.0):
         self.channel = grpc.insecure_channel(endpoint)
         self.stub = pb_grpc.SandboxServiceStub(self.channel)
-        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+        self.metadata = grpc_auth.bearer(token)
         self.timeout_s = timeout_s
 
     def execute(self, execution: Execution) -> ExecutionResult:

@@ -1,0 +1,50 @@
+"""Bind and token rules shared by the gRPC services (sandbox, weights).
+
+127.0.0.1 needs no token. Any other address needs one, and every call must
+carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED
+before its handler runs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+import grpc
+
+from runtime.errors import ConfigError
+
+LOOPBACK = "127.0.0.1"
+
+
+def resolve_token(host: str, token: str | None, env: str, field: str) -> str | None:
+    token = token or os.environ.get(env)
+    if host != LOOPBACK and not token:
+        raise ConfigError(f"{field}: binding {host} needs a token (config or {env})")
+    return token
+
+
+def bearer(token: str | None) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses every call whose metadata lacks `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        given = dict(details.invocation_metadata).get("authorization", "").encode()
+        if handler is None or hmac.compare_digest(given, self.expected):
+            return handler
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
