@@ -34,6 +34,7 @@ from runtime.config import InferenceConfig
 from runtime.errors import StaleVersionError
 from runtime.generation import Completion, GenerationRequest, GenerationResult
 from runtime.metrics import ServerMetrics
+from runtime.weights import as_tensor
 
 
 class InferenceServer:
@@ -247,7 +248,8 @@ class EngineLoop(threading.Thread):
             raise StaleVersionError(f"{self.server}: refusing version {version}, already serving {self.version}")
         if version == self.version:
             return self.version
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
+        tensors = ((name, as_tensor(value)) for name, value in weights.items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
         self.version = version
         self.metrics.version(version)
         return version

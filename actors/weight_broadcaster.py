@@ -1,9 +1,10 @@
 """WeightBroadcaster: publishes each weight version once; every inference server reloads it in place.
 
 A plain class; the driver makes it a Ray actor. A trainer (rank 0) puts the
-state in the object store once and hands the broadcaster the reference, wrapped
-in a list so Ray passes the reference itself: each server then reads that one
-copy, instead of the trainer sending the weights once per server. Versions are
+state in the object store once, as `runtime.weights.shareable(state)` (numpy
+arrays, which servers read zero-copy), and hands the broadcaster the reference,
+wrapped in a list so Ray passes the reference itself: each server then reads
+that one copy, instead of the trainer sending the weights once per server. Versions are
 monotonic (an older or equal version is refused); servers reload only between
 requests, so no result mixes two versions. With `weights.grpc.enabled` the
 kept versions are also streamed by a WeightService to servers outside Ray.

@@ -31,6 +31,7 @@ def run(cfg: FactoryConfig) -> RunResult:
     from runtime.inference_pool import InferencePool
     from runtime.modelbuild import resolve_model
     from runtime.versions import link_base, save_version
+    from runtime.weights import shareable
 
     model_path = resolve_model(cfg.model, cfg.experiment.seed)
     run_dir = prepare_run_dir(cfg)
@@ -46,7 +47,7 @@ def run(cfg: FactoryConfig) -> RunResult:
         say(f"inference servers ready: {', '.join(pool.versions())}")
         samples = sample(pool, cfg)
         state = stand_in_weights(model_path, cfg.experiment.seed + 1)
-        versions = pool.load_weights(1, ray.put(state))
+        versions = pool.load_weights(1, ray.put(shareable(state)))
         save_version(run_dir, 1, state, model_path)
         say(f"published version 1: {versions}")
         samples += sample(pool, cfg)

@@ -17,6 +17,28 @@ from runtime.errors import FactoryError, StaleVersionError
 DEFAULT_CHUNK = 4 << 20
 
 
+def shareable(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The form to `ray.put` a version in: numpy arrays where the dtype allows, which every server
+    then reads zero-copy from the object store (torch tensors are copied on every read)."""
+    return {name: t.detach().cpu().numpy() if t.dtype != torch.bfloat16 else t.detach().cpu()
+            for name, t in state.items()}
+
+
+def as_tensor(value: Any) -> torch.Tensor:
+    """A tensor over `value` without copying. Arrays from Ray's object store are read-only; the
+    tensor aliases them anyway, which is safe because its readers (vLLM's reload, the chunker)
+    only read it."""
+    import warnings
+
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(value)
+    return value
+
+
 class VersionStore:
     def __init__(self, keep: int = 2):
         self.keep = keep
@@ -42,7 +64,7 @@ class VersionStore:
 def to_chunks(version: int, state: Mapping[str, torch.Tensor], chunk_bytes: int = DEFAULT_CHUNK) -> Iterator[dict[str, Any]]:
     """Each tensor's raw bytes in slices of at most `chunk_bytes`, tensors in name order."""
     for name in sorted(state):
-        tensor = state[name].detach().contiguous().cpu()
+        tensor = as_tensor(state[name]).detach().contiguous().cpu()
         raw = memoryview(tensor.view(torch.uint8).numpy()).cast("B") if tensor.numel() else memoryview(b"")
         for offset in range(0, max(len(raw), 1), chunk_bytes):
             yield {"version": version, "name": name, "dtype": str(tensor.dtype).removeprefix("torch."),

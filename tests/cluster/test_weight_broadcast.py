@@ -17,7 +17,7 @@ from runtime.errors import ConfigError, StaleVersionError
 from runtime.generation import GenerationRequest
 from runtime.inference_pool import InferencePool
 from runtime.modelbuild import init_model
-from runtime.weights import VersionStore
+from runtime.weights import VersionStore, shareable
 from serve.weight_service import WeightClient, serve
 
 pytestmark = pytest.mark.cluster
@@ -44,7 +44,7 @@ def setup(ray_cluster, tiny_model):
 def test_one_put_reaches_every_server_and_matches_transformers(setup, tiny_model):
     cfg, pool, broadcaster, _ = setup
     model = init_model(AutoConfig.from_pretrained(tiny_model), seed=4321)
-    versions = ray.get(broadcaster.publish.remote(1, [ray.put(model.state_dict())]), timeout=120)
+    versions = ray.get(broadcaster.publish.remote(1, [ray.put(shareable(model.state_dict()))]), timeout=120)
     assert versions == {"test-weights/inference/0": 1, "test-weights/inference/1": 1}
     results = pool.generate([GenerationRequest(prompt_token_ids=PROMPT, sampling=SamplingConfig(temperature=0,
                                                                                                 max_tokens=16))
@@ -76,7 +76,7 @@ print(json.dumps({"version": version, "served": result.version, "tokens": result
 def test_a_server_outside_ray_loads_the_stream_into_vllm(setup, tiny_model):
     _, _, broadcaster, endpoint = setup
     model = init_model(AutoConfig.from_pretrained(tiny_model), seed=777)
-    ray.get(broadcaster.publish.remote(2, [ray.put(model.state_dict())]), timeout=120)
+    ray.get(broadcaster.publish.remote(2, [ray.put(shareable(model.state_dict()))]), timeout=120)
     out = subprocess.run([sys.executable, "-c", OUTSIDE, str(tiny_model), endpoint], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
