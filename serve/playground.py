@@ -214,7 +214,7 @@ class Playground:
             handle = await self._engine(model)
             started = time.monotonic()
             async for ref in handle.generate_stream.options(num_returns="streaming").remote(gen):
-                item = await ref
+                item = await asyncio.wait_for(ref, timeout=self.limits.request_timeout_s)
                 if "result" in item:
                     result = item["result"]
                     self.metrics.record(model, result, time.monotonic() - started)
