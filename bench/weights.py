@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import ray
-import torch
 from transformers import AutoConfig
 
 from actors.inference_server import InferenceServer

@@ -4,7 +4,6 @@ import socket
 
 import openai
 import pytest
-import ray
 import torch
 from ray import serve
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

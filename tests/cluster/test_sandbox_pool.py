@@ -1,6 +1,5 @@
 """The sandbox pool on real bubblewrap workers in real Ray actors."""
 
-import threading
 import time
 
 import pytest

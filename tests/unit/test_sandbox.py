@@ -1,6 +1,5 @@
 """Adversarial tests of the bubblewrap sandbox, one property each (no Ray needed)."""
 
-import os
 import socket
 import subprocess
 import textwrap
