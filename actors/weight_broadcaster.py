@@ -47,10 +47,10 @@ class WeightBroadcaster:
         done = ray.get(calls, timeout=self.cfg.weights.publish_timeout_s)
         return dict(zip(servers, done))
 
-    def latest(self) -> tuple[int, list]:
-        """The newest version and [its object ref], for a replacement server to load."""
+    def latest(self) -> tuple[int, list] | None:
+        """The newest version and [its object ref] (None before the first), for replacement servers."""
         version = self.store.latest()
-        return version, [self.refs[version]] if version in self.refs else []
+        return (version, [self.refs[version]]) if version in self.refs else None
 
     def endpoint(self) -> str | None:
         return f"{self.cfg.weights.grpc.host}:{self.port}" if self.port else None
@@ -70,3 +70,14 @@ class WeightBroadcaster:
             except ValueError:
                 pass
         return found
+
+
+def latest_of(broadcaster, timeout_s: float = 30.0):
+    """For InferencePool(latest=...): the broadcaster's newest (version, object ref), or None."""
+    import ray
+
+    def latest():
+        found = ray.get(broadcaster.latest.remote(), timeout=timeout_s)
+        return None if found is None else (found[0], found[1][0])
+
+    return latest

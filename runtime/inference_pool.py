@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,10 @@ class Chunk:
 
 
 class InferencePool:
-    def __init__(self, cfg: FactoryConfig, model_path: Path | str):
+    def __init__(self, cfg: FactoryConfig, model_path: Path | str,
+                 latest: Callable[[], tuple[int, Any] | None] | None = None):
+        """`latest` answers (version, object ref) of the newest weights when something other than
+        `load_weights` publishes them (the WeightBroadcaster); replacements load that."""
         self.cfg = cfg
         self.model_path = str(model_path)
         self.slots = [
@@ -69,6 +72,7 @@ class InferencePool:
         self.counts = {"retried": 0, "replaced": 0}
         self.metrics = PoolMetrics(cfg.experiment.name)
         self._weights: tuple[int, Any] | None = None
+        self._external_latest = latest
         self._cv = threading.Condition()
 
     # ---- lifecycle -------------------------------------------------------
@@ -242,16 +246,22 @@ class InferencePool:
     def _catch_up(self, slot: Slot) -> None:
         """Load the newest version, then open for requests, without missing a version published meanwhile."""
         while True:
-            with self._cv:
-                weights = self._weights
+            weights = self._newest()
             if weights is not None:
                 ray.get(slot.handle.load_weights.remote(*weights), timeout=self.cfg.inference.request_timeout_s)
+            external = self._external_latest() if self._external_latest else None
             with self._cv:
-                if self._weights is weights:
+                if (external if self._external_latest else self._weights) == weights:
                     slot.ready = True
                     self.metrics.servers(sum(s.ready for s in self.slots))
                     self._cv.notify_all()
                     return
+
+    def _newest(self) -> tuple[int, Any] | None:
+        if self._external_latest is not None:
+            return self._external_latest()
+        with self._cv:
+            return self._weights
 
     def _spawn(self, slot: Slot) -> Any:
         placement = self.cfg.placement.inference

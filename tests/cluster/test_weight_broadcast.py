@@ -99,3 +99,33 @@ def test_weight_service_off_loopback_needs_a_token():
         assert version == 1 and torch.equal(state["w"], torch.ones(3))
     finally:
         server.stop(grace=None)
+
+
+def test_a_replacement_server_catches_up_to_the_broadcast_version(ray_cluster, tiny_model):
+    from actors.weight_broadcaster import latest_of
+
+    cfg = load_config("default", [f"model.path={tiny_model}", "experiment.name=test-catchup",
+                                  "inference.cpu_bind=nobind"])
+    broadcaster = ray.remote(WeightBroadcaster).options(name="test-catchup/broadcaster/0").remote(cfg)
+    ray.get(broadcaster.setup.remote(), timeout=60)
+    pool = InferencePool(cfg, tiny_model, latest=latest_of(broadcaster)).start()
+    try:
+        model = init_model(AutoConfig.from_pretrained(tiny_model), seed=55)
+        ray.get(broadcaster.publish.remote(3, [ray.put(shareable(model.state_dict()))]), timeout=120)
+        victim = pool.slots[0]
+        ray.kill(victim.handle)
+        requests = [GenerationRequest(prompt_token_ids=PROMPT, sampling=SamplingConfig(temperature=0, max_tokens=16))
+                    for _ in range(8)]
+        assert all(r.version == 3 for r in pool.generate(requests)), "the survivor answers meanwhile"
+        import time
+
+        deadline = time.monotonic() + 180
+        while len(pool.versions()) < 2:
+            assert time.monotonic() < deadline, "no replacement"
+            time.sleep(0.2)
+        assert pool.versions() == {"test-catchup/inference/0": 3, "test-catchup/inference/1": 3}
+        result = pool.generate(requests)
+        assert {r.completions[0].token_ids == hf_greedy(model) for r in result} == {True}
+    finally:
+        pool.shutdown()
+        ray.kill(broadcaster)
