@@ -168,6 +168,10 @@ class DataBlender:
             return {"name": self.name, "served": self._served, "prepared": self.blend.step,
                     "error": repr(self._error) if self._error else None}
 
+    def record_losses(self, step: int, losses: dict[int, float]) -> None:
+        """Trainers report each sample's loss (by its index in the step), for `factory trace`."""
+        self.store.record_losses(step, losses)
+
     def changes(self) -> list[dict[str, Any]]:
         return self.store.changes()
 

@@ -103,6 +103,8 @@ class PlacementConfig(Section):
     """InferenceServer actors."""
     sandbox: RolePlacement = RolePlacement(replicas=2, num_cpus=0.5)
     """SandboxWorker actors; each runs `sandbox.concurrency` executions at once."""
+    trainer: RolePlacement = RolePlacement(replicas=2)
+    """TrainerShard actors: data-parallel replicas of model and optimizer."""
 
 
 class ClusterConfig(Section):
@@ -332,6 +334,29 @@ class WeightsConfig(Section):
     """The WeightService."""
 
 
+class TrainConfig(Section):
+    lr: float = Field(3e-3, gt=0)
+    """Peak learning rate of AdamW."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear warm-up steps before the cosine decay."""
+    total_steps: int = Field(200, ge=1)
+    """Steps of the cosine schedule; the rate stays at its floor after them."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Floor of the schedule, as a fraction of `lr`."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Global gradient-norm clip."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend; auto is nccl with GPUs, else gloo."""
+    group_timeout_s: float = Field(60.0, gt=0)
+    """Seconds a collective may wait for a peer before the step fails."""
+    batch_timeout_s: float = Field(120.0, gt=0)
+    """Seconds a shard waits for its batch from the blender."""
+
+
 class FactoryConfig(Section):
     """Root of the tree: one experiment."""
 
@@ -349,6 +374,8 @@ class FactoryConfig(Section):
     """Isolated code execution for rewards."""
     data: DataConfig = DataConfig()
     """The streaming data blender."""
+    train: TrainConfig = TrainConfig()
+    """Trainer shards: optimiser, schedule, distributed group."""
     weights: WeightsConfig = WeightsConfig()
     """The weight broadcaster and its gRPC stream."""
     playground: PlaygroundConfig = PlaygroundConfig()

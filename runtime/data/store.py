@@ -82,6 +82,11 @@ class BlendStore:
             row = self.db.execute("SELECT manifest FROM manifests WHERE step = ?", (step,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def record_losses(self, step: int, losses: dict[int, float]) -> None:
+        with self.lock:
+            self.db.executemany("INSERT OR REPLACE INTO sample_losses VALUES (?, ?, ?)",
+                                [(step, int(i), float(loss)) for i, loss in losses.items()])
+
     def save_snapshot(self, step: int, state: dict[str, Any]) -> None:
         with self.lock:
             self.db.execute("INSERT OR REPLACE INTO snapshot VALUES (0, ?, ?)", (step, json.dumps(state)))

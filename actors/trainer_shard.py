@@ -1,0 +1,139 @@
+"""TrainerShard: one data-parallel replica of model and optimiser in a torch.distributed group.
+
+A plain class; `runtime/trainer_group.py` spawns N of them as Ray actors, does
+the rendezvous (rank 0 picks a free port on its node: no fixed ports) and steps
+them together. DDP keeps the replicas identical: gradients are all-reduced
+(gloo on CPU, nccl on GPU) before every AdamW step.
+
+Each shard pulls its own samples of a step from the DataBlender, trains on them
+with the packed-sequence loss (attention and positions stop at piece
+boundaries; SDPA attention, which honours the block mask), and reports the loss
+of every sample back to the blender, so `factory trace` can list the
+highest-loss documents of a step.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime.config import FactoryConfig
+
+
+class TrainerShard:
+    def __init__(self, cfg: FactoryConfig, model_path: str, rank: int, world_size: int, name: str):
+        self.cfg = cfg
+        self.train = cfg.train
+        self.model_path = model_path
+        self.rank = rank
+        self.world_size = world_size
+        self.name = name
+        self.step = 0
+
+    def rendezvous(self) -> str:
+        """init_method for the group: this node's address and a port free right now."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def setup(self, init_method: str, resume_from: str | None = None) -> dict[str, Any]:
+        import datetime
+
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(1)
+        backend = self.train.backend if self.train.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world_size,
+                                timeout=datetime.timedelta(seconds=self.train.group_timeout_s))
+        source = resume_from or self.model_path
+        self.model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", dtype=torch.float32)
+        self.ddp = DistributedDataParallel(self.model)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.train.lr, betas=self.train.betas,
+                                           weight_decay=self.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        if resume_from:
+            self._load_state(Path(resume_from))
+        return {"name": self.name, "rank": self.rank, "backend": backend, "step": self.step}
+
+    def train_on(self, blender, step: int) -> dict[str, Any]:
+        """Pull this shard's part of `step` from the blender, train on it, report per-sample losses."""
+        import ray
+
+        batch = ray.get(blender.batch.remote(step, self.rank, self.world_size), timeout=self.train.batch_timeout_s)
+        metrics = self.train_step(batch)
+        losses = dict(zip(batch["sample_index"], metrics.pop("sample_losses")))
+        ray.get(blender.record_losses.remote(step, losses), timeout=self.train.batch_timeout_s)
+        return metrics
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        from rl.sft import segment_attention_mask, segment_positions, sft_loss
+
+        started = time.perf_counter()
+        ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
+        segments = torch.as_tensor(batch["segment_ids"], dtype=torch.long)
+        logits = self.ddp(ids, attention_mask=segment_attention_mask(segments),
+                          position_ids=segment_positions(segments)).logits
+        loss, per_row = sft_loss(logits, ids, segments)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        tokens = int((segments > 0).sum())
+        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                "tokens": tokens, "tokens_per_s": tokens / (time.perf_counter() - started),
+                "sample_losses": per_row.tolist()}
+
+    def weights(self) -> dict[str, Any]:
+        """The model's state as numpy arrays (runtime.weights.shareable): what rank 0 publishes."""
+        from runtime.weights import shareable
+
+        return shareable(self.model.state_dict())
+
+    def save(self, path: str) -> str:
+        """HF model directory (config, tokenizer, safetensors) plus optimiser, schedule and step."""
+        import shutil
+
+        import torch
+
+        out = Path(path)
+        self.model.save_pretrained(out)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+            if (Path(self.model_path) / name).is_file():
+                shutil.copy2(Path(self.model_path) / name, out / name)
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "step": self.step}, out / "trainer_state.pt")
+        return str(out)
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _load_state(self, path: Path) -> None:
+        import torch
+
+        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+
+    def _lr_factor(self, step: int) -> float:
+        warmup, total, floor = self.train.warmup_steps, self.train.total_steps, self.train.min_lr_ratio
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
