@@ -1,8 +1,10 @@
 """The experiment driver: wires the actors and steps the job. It reads as the job.
 
-Today's main job: build (or find) the model, start the inference pool, sample,
-publish a new weight version to every server with one `ray.put`, sample again.
-Trainers replace the stand-in weights when they land.
+Today's main job: build (or find) the model; start the blender, the weight
+broadcaster, the inference pool and the trainer group; sample from version 0;
+pre-train on the blended stream; publish version 1 (one object-store copy,
+every server reloads in place; saved under RUN_DIR/versions); sample again.
+Post-training (SFT, RL on verifiable tasks) and evals come next.
 """
 
 from __future__ import annotations
@@ -25,37 +27,86 @@ class RunResult:
 
 
 def run(cfg: FactoryConfig) -> RunResult:
-    import ray
-
     from runtime.cluster import connect
-    from runtime.inference_pool import InferencePool
     from runtime.modelbuild import resolve_model
-    from runtime.versions import link_base, save_version
-    from runtime.weights import shareable
+    from runtime.versions import link_base
 
     model_path = resolve_model(cfg.model, cfg.experiment.seed)
     run_dir = prepare_run_dir(cfg)
     say(f"model: {model_path}")
     say(f"dashboard: {connect(cfg.cluster)}")
     link_base(run_dir, model_path)
-    pool = InferencePool(cfg, model_path).start()
+    actors = start_actors(cfg, model_path, run_dir)
+    try:
+        samples = sample(actors["pool"], cfg)
+        history = pretrain(cfg, actors, run_dir)
+        versions = publish(actors, run_dir, version=1)
+        say(f"published version 1: {versions}")
+        samples += sample(actors["pool"], cfg)
+    finally:
+        stop_actors(actors)
+    write_jsonl(run_dir / "samples.jsonl", samples)
+    print_samples(samples)
+    say(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f} over {len(history)} steps; see {run_dir}")
+    return RunResult(run_dir, versions, samples)
+
+
+def start_actors(cfg: FactoryConfig, model_path: Path, run_dir: Path) -> dict[str, Any]:
+    """Blender, broadcaster, inference pool and trainer group, each named <experiment>/<role>/<index>."""
+    import ray
+
+    from actors.data_blender import DataBlender
+    from actors.weight_broadcaster import WeightBroadcaster, latest_of
+    from runtime.cluster import actor_name
+    from runtime.inference_pool import InferencePool
+    from runtime.trainer_group import TrainerGroup
+
+    exp = cfg.experiment.name
+    blender = ray.remote(DataBlender).options(name=actor_name(exp, "blender", 0), max_concurrency=16).remote(cfg)
+    broadcaster = ray.remote(WeightBroadcaster).options(name=actor_name(exp, "broadcaster", 0)).remote(cfg)
+    ray.get([blender.setup.remote(), broadcaster.setup.remote()], timeout=cfg.inference.setup_timeout_s)
+    pool = InferencePool(cfg, model_path, latest=latest_of(broadcaster)).start()
+    say(f"inference servers ready: {', '.join(pool.versions())}")
     if cfg.playground.enabled:
         from serve.playground import start as start_playground
 
         say(f"playground: {start_playground(cfg, run_dir)} (model `live` follows the run)")
-    try:
-        say(f"inference servers ready: {', '.join(pool.versions())}")
-        samples = sample(pool, cfg)
-        state = stand_in_weights(model_path, cfg.experiment.seed + 1)
-        versions = pool.load_weights(1, ray.put(shareable(state)))
-        save_version(run_dir, 1, state, model_path)
-        say(f"published version 1: {versions}")
-        samples += sample(pool, cfg)
-    finally:
-        pool.shutdown()
-    write_jsonl(run_dir / "samples.jsonl", samples)
-    print_samples(samples)
-    return RunResult(run_dir, versions, samples)
+    trainers = TrainerGroup(cfg, model_path).start()
+    return {"blender": blender, "broadcaster": broadcaster, "pool": pool, "trainers": trainers}
+
+
+def pretrain(cfg: FactoryConfig, actors: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+    """`train.total_steps` steps on the blended stream; metrics to metrics.jsonl, a progress bar to stderr."""
+    from tqdm import tqdm
+
+    history = []
+    with open(run_dir / "metrics.jsonl", "a") as log, tqdm(range(cfg.train.total_steps), desc="pre-train") as bar:
+        for step in bar:
+            metrics = {"stage": "pretrain", **actors["trainers"].train_step(actors["blender"], step)}
+            history.append(metrics)
+            log.write(json.dumps(metrics) + "\n")
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+    return history
+
+
+def publish(actors: dict[str, Any], run_dir: Path, version: int) -> dict[str, int]:
+    """Rank 0's weights, put once, reloaded in place by every server; saved as RUN_DIR/versions/vN."""
+    import ray
+
+    from runtime.versions import version_dir
+
+    versions = ray.get(actors["broadcaster"].publish.remote(version, [actors["trainers"].weights_ref()]), timeout=600)
+    actors["trainers"].save(version_dir(run_dir, version))
+    return versions
+
+
+def stop_actors(actors: dict[str, Any]) -> None:
+    import ray
+
+    actors["trainers"].shutdown()
+    actors["pool"].shutdown()
+    for role in ("blender", "broadcaster"):
+        ray.kill(actors[role])
 
 
 def prepare_run_dir(cfg: FactoryConfig) -> Path:
@@ -82,15 +133,6 @@ def summarise(result: GenerationResult) -> dict[str, Any]:
     c = result.completions[0]
     return {"version": result.version, "server": result.server, "prompt": result.prompt, "completion": c.text,
             "tokens": len(c.token_ids), "finish_reason": c.finish_reason}
-
-
-def stand_in_weights(model_path: Path, seed: int) -> dict[str, Any]:
-    """Freshly initialised weights of the same architecture, standing in for a trainer's output."""
-    from transformers import AutoConfig
-
-    from runtime.modelbuild import init_model
-
-    return init_model(AutoConfig.from_pretrained(model_path), seed).state_dict()
 
 
 def print_samples(samples: list[dict[str, Any]]) -> None:

@@ -72,7 +72,8 @@ def wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) -
 
 
 def test_submit_runs_the_main_job_to_completion(head_cluster, tmp_path):
-    out = factory("submit", "default", "placement.inference.replicas=1", f"experiment.runs_root={tmp_path}",
+    out = factory("submit", "default", "placement.inference.replicas=1", "placement.trainer.replicas=1",
+                  "train.total_steps=5", f"experiment.runs_root={tmp_path}",
                   "--address", head_cluster, "--wait")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
