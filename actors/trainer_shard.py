@@ -96,6 +96,42 @@ class TrainerShard:
                 "tokens": tokens, "tokens_per_s": tokens / (time.perf_counter() - started),
                 "sample_losses": per_row.tolist()}
 
+    def rl_step(self, experience: list[dict[str, Any]]) -> dict[str, Any]:
+        """One GRPO step on this shard's rollouts: {prompt_ids, completion_ids, logprobs (vLLM's), advantage}.
+
+        On-policy: one update per batch, so the ratio starts at 1; the truncated importance
+        weight corrects for vLLM sampling with its own kernels."""
+        import torch
+
+        from rl.grpo import grpo_loss
+        from rl.off_policy import truncated_importance_weights
+
+        rl = self.cfg.rl
+        ids, attention, completion, sampler, advantages = pad_experience(experience, self.model.config.pad_token_id or 0)
+        logits = self.ddp(ids, attention_mask=attention).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(2, ids[:, 1:, None])[..., 0]
+        mask = completion[:, 1:]
+        weights = truncated_importance_weights(logp, sampler[:, 1:], cap=rl.tis_cap, mask=mask)
+        loss = grpo_loss(logp, logp.detach(), advantages, mask, rl.clip_low, rl.clip_high, weights=weights)
+        optimizer = self._rl_optimizer()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+        optimizer.step()
+        self.step += 1
+        used = weights[mask.bool()]
+        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
+                "tis_weight": float(used.mean()) if used.numel() else 1.0}
+
+    def _rl_optimizer(self):
+        """The RL stage's own AdamW: pre-training's second moments, built from far larger gradients,
+        would shrink every RL step (measured: no learning with them, fast learning without)."""
+        import torch
+
+        if getattr(self, "rl_optimizer", None) is None:
+            self.rl_optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.rl.lr, weight_decay=0.0)
+        return self.rl_optimizer
+
     def weights(self) -> dict[str, Any]:
         """The model's state as numpy arrays (runtime.weights.shareable): what rank 0 publishes."""
         from runtime.weights import shareable
@@ -137,3 +173,21 @@ class TrainerShard:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pad_experience(experience: list[dict[str, Any]], pad_id: int):
+    """Right-padded rows of prompt + completion: ids, attention mask, completion mask, vLLM's
+    logprob at each completion token's position, and each row's advantage."""
+    import torch
+
+    length = max(len(e["prompt_ids"]) + len(e["completion_ids"]) for e in experience)
+    ids = torch.full((len(experience), length), pad_id, dtype=torch.long)
+    attention, completion = torch.zeros_like(ids), torch.zeros_like(ids)
+    sampler = torch.zeros(len(experience), length)
+    for row, e in enumerate(experience):
+        p, c = len(e["prompt_ids"]), len(e["completion_ids"])
+        ids[row, : p + c] = torch.tensor(e["prompt_ids"] + e["completion_ids"])
+        attention[row, : p + c] = 1
+        completion[row, p : p + c] = 1
+        sampler[row, p : p + c] = torch.tensor(e["logprobs"])
+    return ids, attention, completion, sampler, torch.tensor([e["advantage"] for e in experience])

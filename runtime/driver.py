@@ -24,6 +24,7 @@ class RunResult:
     run_dir: Path
     versions: dict[str, int]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def run(cfg: FactoryConfig) -> RunResult:
@@ -37,18 +38,39 @@ def run(cfg: FactoryConfig) -> RunResult:
     say(f"dashboard: {connect(cfg.cluster)}")
     link_base(run_dir, model_path)
     actors = start_actors(cfg, model_path, run_dir)
+    summary: dict[str, Any] = {}
     try:
         samples = sample(actors["pool"], cfg)
         history = pretrain(cfg, actors, run_dir)
         versions = publish(actors, run_dir, version=1)
         say(f"published version 1: {versions}")
         samples += sample(actors["pool"], cfg)
+        summary = post_train(cfg, actors, run_dir, history)
     finally:
         stop_actors(actors)
     write_jsonl(run_dir / "samples.jsonl", samples)
     print_samples(samples)
     say(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f} over {len(history)} steps; see {run_dir}")
-    return RunResult(run_dir, versions, samples)
+    return RunResult(run_dir, versions, samples, summary)
+
+
+def post_train(cfg: FactoryConfig, actors: dict[str, Any], run_dir: Path, pretrain_history: list) -> dict[str, Any]:
+    """pass@1 on held-out tasks before and after RL; summary.json in the run directory."""
+    from runtime.rl_loop import pass_at_1, run_rl
+
+    before = pass_at_1(actors, cfg)
+    say(f"pass@1 on {cfg.rl.eval_tasks} held-out tasks after pre-training: {before:.3f}")
+    history = run_rl(actors, cfg, run_dir, first_version=2) if cfg.rl.steps else []
+    after = pass_at_1(actors, cfg) if history else before
+    if history:
+        actors["trainers"].save(run_dir / "versions" / f"v{history[-1]['version']}")
+    summary = {"pass_at_1": {"pretrain": before, "rl": after}, "pretrain_steps": len(pretrain_history),
+               "rl_steps": len(history), "final_loss": pretrain_history[-1]["loss"] if pretrain_history else None,
+               "rl_reward_first_last": [history[0]["reward"], history[-1]["reward"]] if history else None}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if history:
+        say(f"pass@1: after pre-training {before:.3f}, after {len(history)} RL steps {after:.3f}")
+    return summary
 
 
 def start_actors(cfg: FactoryConfig, model_path: Path, run_dir: Path) -> dict[str, Any]:
@@ -59,6 +81,7 @@ def start_actors(cfg: FactoryConfig, model_path: Path, run_dir: Path) -> dict[st
     from actors.weight_broadcaster import WeightBroadcaster, latest_of
     from runtime.cluster import actor_name
     from runtime.inference_pool import InferencePool
+    from runtime.sandbox_pool import SandboxPool
     from runtime.trainer_group import TrainerGroup
 
     exp = cfg.experiment.name
@@ -72,7 +95,8 @@ def start_actors(cfg: FactoryConfig, model_path: Path, run_dir: Path) -> dict[st
 
         say(f"playground: {start_playground(cfg, run_dir)} (model `live` follows the run)")
     trainers = TrainerGroup(cfg, model_path).start()
-    return {"blender": blender, "broadcaster": broadcaster, "pool": pool, "trainers": trainers}
+    sandbox = SandboxPool(cfg).start()
+    return {"blender": blender, "broadcaster": broadcaster, "pool": pool, "trainers": trainers, "sandbox": sandbox}
 
 
 def pretrain(cfg: FactoryConfig, actors: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
@@ -105,6 +129,7 @@ def stop_actors(actors: dict[str, Any]) -> None:
 
     actors["trainers"].shutdown()
     actors["pool"].shutdown()
+    actors["sandbox"].shutdown()
     for role in ("blender", "broadcaster"):
         ray.kill(actors[role])
 

@@ -46,6 +46,14 @@ class TrainerGroup:
                 "tokens": sum(m["tokens"] for m in metrics),
                 "tokens_per_s": sum(m["tokens_per_s"] for m in metrics)}
 
+    def rl_step(self, experience: list[dict[str, Any]]) -> dict[str, Any]:
+        """Rows i, i + n, ... go to shard i (the config makes them split evenly)."""
+        timeout = self.cfg.train.group_timeout_s + 120
+        metrics = ray.get([s.rl_step.remote(experience[i :: self.size]) for i, s in enumerate(self.shards)],
+                          timeout=timeout)
+        return {"step": metrics[0]["step"], "loss": statistics.fmean(m["loss"] for m in metrics),
+                "grad_norm": metrics[0]["grad_norm"], "tis_weight": statistics.fmean(m["tis_weight"] for m in metrics)}
+
     def weights_ref(self) -> Any:
         """One object-store copy of the current weights, from rank 0 (replicas are identical)."""
         return self.shards[0].weights.remote()

@@ -30,7 +30,14 @@ class Document:
     license: str | None = None
 
 
+def _function_example(rng: random.Random) -> str:
+    from rl.procedural import function_example
+
+    return function_example(rng)
+
+
 GENERATORS: dict[str, Callable[[random.Random], str]] = {
+    "function_examples": _function_example,
     "python_functions": corpus.python_function,
     "arithmetic": corpus.arithmetic,
     "corpus": lambda rng: corpus.python_function(rng) if rng.random() < 0.5 else corpus.arithmetic(rng),

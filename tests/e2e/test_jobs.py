@@ -73,7 +73,8 @@ def wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) -
 
 def test_submit_runs_the_main_job_to_completion(head_cluster, tmp_path):
     out = factory("submit", "default", "placement.inference.replicas=1", "placement.trainer.replicas=1",
-                  "train.total_steps=5", f"experiment.runs_root={tmp_path}",
+                  "train.total_steps=5", "rl.steps=2", "rl.prompts_per_step=4", "rl.eval_tasks=8",
+                  f"experiment.runs_root={tmp_path}",
                   "--address", head_cluster, "--wait")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
@@ -83,6 +84,12 @@ def test_submit_runs_the_main_job_to_completion(head_cluster, tmp_path):
     [run_dir] = tmp_path.iterdir()
     assert (run_dir / "config.yaml").is_file()
     assert [json.loads(line)["version"] for line in (run_dir / "samples.jsonl").read_text().splitlines()] == [0] * 3 + [1] * 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rl_steps"] == 2 and 0 <= summary["pass_at_1"]["pretrain"] <= 1
+    rl = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-2:]
+    assert [(m["stage"], m["version"], m["rollout_versions"]) for m in rl] == [("rl", 2, [1]), ("rl", 3, [2])], \
+        "synchronous RL: each step samples from the version the previous step published"
+    assert (run_dir / "versions" / "v3" / "config.json").is_file()
 
 
 def test_submit_rejects_bad_config_before_touching_the_cluster(head_cluster):
