@@ -50,6 +50,9 @@ def test_killed_blender_restored_from_snapshot_continues_exactly(ray_cluster, ti
     def config(name):
         return load_config("default", [f"model.path={tiny_model}", f"experiment.name={name}",
                                        f"experiment.run_dir={tmp_path / name}", "data.batch_size=8",
+                                       'data.sources=[{"name": "python", "type": "generator", "weight": 0.5, '
+                                       '"generator": "python_functions"}, {"name": "arithmetic", "type": '
+                                       '"generator", "generator": "arithmetic", "weight": 0.5}]',
                                        "data.transforms=[license, dedup, near_dedup, length]"])
 
     reference = spawn(config("reference"))

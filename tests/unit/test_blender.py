@@ -12,13 +12,19 @@ from runtime.data.blend import document_ids
 from runtime.data.sources import DataFileError
 
 
+# The tests' own blend, whatever the default recipe mixes: two generators, dedup on.
+BLEND = ['data.sources=[{"name": "python", "type": "generator", "generator": "python_functions", "weight": 0.5}, '
+         '{"name": "arithmetic", "type": "generator", "generator": "arithmetic", "weight": 0.5}]',
+         "data.transforms=[license, dedup, length]"]
+
+
 @pytest.fixture
 def make(tmp_path, tiny_model):
     started = []
 
     def make(*overrides, run_dir=None):
         cfg = load_config("default", [f"model.path={tiny_model}", f"experiment.run_dir={run_dir or tmp_path / 'run'}",
-                                      *overrides])
+                                      *BLEND, *overrides])
         blender = DataBlender(cfg)
         blender.setup()
         started.append(blender)
