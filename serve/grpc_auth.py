@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -48,3 +50,16 @@ class TokenInterceptor(grpc.ServerInterceptor):
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(deny)
         return grpc.unary_unary_rpc_method_handler(deny)
+
+
+def start_server(register: Callable[[grpc.Server], None], host: str, port: int, token: str | None, field: str,
+                 workers: int, options: list[tuple[str, int]] | None = None) -> tuple[grpc.Server, int]:
+    """A started server with `register`'s servicer, the token interceptor when a token is set; (server, port)."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix=field.split(".")[0]),
+                         interceptors=[TokenInterceptor(token)] if token else [], options=options or [])
+    register(server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise ConfigError(f"{field.rsplit('.', 1)[0]}: cannot bind {host}:{port}")
+    server.start()
+    return server, bound

@@ -19,7 +19,6 @@ from typing import Any, Iterator, Protocol
 import grpc
 
 from runtime.config import SandboxConfig, SandboxGrpcConfig
-from runtime.errors import ConfigError
 from serve import grpc_auth
 from runtime.sandbox import Execution, ExecutionResult, SandboxBackend, SandboxUnavailable, Status
 from serve.protos import sandbox_pb2 as pb
@@ -95,15 +94,9 @@ def resolve_token(cfg: SandboxGrpcConfig) -> str | None:
 
 def serve(executor: Executor, cfg: SandboxGrpcConfig, concurrency: int = 16) -> tuple[grpc.Server, int]:
     """Start a SandboxService; returns the server and the port it bound."""
-    token = resolve_token(cfg)
-    server = grpc.server(ThreadPoolExecutor(max_workers=concurrency + 4, thread_name_prefix="sandbox-grpc"),
-                         interceptors=[grpc_auth.TokenInterceptor(token)] if token else [])
-    pb_grpc.add_SandboxServiceServicer_to_server(SandboxServicer(executor, concurrency), server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
-    if port == 0:
-        raise ConfigError(f"sandbox.grpc: cannot bind {cfg.host}:{cfg.port}")
-    server.start()
-    return server, port
+    servicer = SandboxServicer(executor, concurrency)
+    return grpc_auth.start_server(lambda server: pb_grpc.add_SandboxServiceServicer_to_server(servicer, server),
+                                  cfg.host, cfg.port, resolve_token(cfg), "sandbox.grpc.token", concurrency + 4)
 
 
 class SandboxClient:

@@ -5,12 +5,11 @@ Bind and token rules are those of serve/grpc_auth.py (token: config or FACTORY_W
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
-from runtime.errors import ConfigError, FactoryError
+from runtime.errors import FactoryError
 from runtime.weights import DEFAULT_CHUNK, VersionStore, from_chunks, to_chunks
 from serve import grpc_auth
 from serve.protos import weights_pb2 as pb
@@ -42,15 +41,10 @@ class WeightServicer(pb_grpc.WeightServiceServicer):
 def serve(store: VersionStore, host: str = grpc_auth.LOOPBACK, port: int = 0, token: str | None = None,
           field: str = "weights.grpc.token") -> tuple[grpc.Server, int]:
     token = grpc_auth.resolve_token(host, token, TOKEN_ENV, field)
-    server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="weights-grpc"),
-                         interceptors=[grpc_auth.TokenInterceptor(token)] if token else [],
-                         options=[("grpc.max_send_message_length", 64 << 20)])
-    pb_grpc.add_WeightServiceServicer_to_server(WeightServicer(store), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise ConfigError(f"weights.grpc: cannot bind {host}:{port}")
-    server.start()
-    return server, bound
+    servicer = WeightServicer(store)
+    return grpc_auth.start_server(lambda server: pb_grpc.add_WeightServiceServicer_to_server(servicer, server),
+                                  host, port, token, field, workers=8,
+                                  options=[("grpc.max_send_message_length", 64 << 20)])
 
 
 class WeightClient:
