@@ -258,7 +258,9 @@ class EngineLoop(threading.Thread):
         with self._cv:
             waiting = [(f, q) for _, f, q in self._pending] + [(f, None) for _, f in self._controls]
             waiting += [(r.future, r.stream) for r in self._running.values()]
-            self._pending.clear(), self._controls.clear(), self._running.clear()
+            self._pending.clear()
+            self._controls.clear()
+            self._running.clear()
         for future, stream in waiting:
             if not future.done():
                 future.set_exception(exc)

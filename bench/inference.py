@@ -17,15 +17,16 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import ray
 import torch
 
 from runtime.config import BuildConfig, SamplingConfig, load_config
+from runtime.corpus import corpus
 from runtime.generation import GenerationRequest
 from runtime.inference_pool import InferencePool
 from runtime.modelbuild import count_parameters, ensure_built
-from runtime.corpus import corpus
 
 
 def prompts(batch: int) -> list[str]:
@@ -74,7 +75,7 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="bench-models-")
     rows = []
     for preset in ("tiny", "small"):
-        path = ensure_built(BuildConfig(preset=preset), 0, __import__("pathlib").Path(cache))
+        path = ensure_built(BuildConfig(preset=preset), 0, Path(cache))
         texts = prompts(batch)
         pool = pool_tokens_per_s(path, texts, new_tokens)
         hf = hf_tokens_per_s(path, texts, new_tokens)

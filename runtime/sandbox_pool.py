@@ -34,6 +34,7 @@ from runtime.metrics import SandboxMetrics
 from runtime.sandbox import Execution, ExecutionResult, Status
 
 log = logging.getLogger(__name__)
+STUCK_GRACE_S = 5.0
 
 
 class SandboxBusy(FactoryError):
@@ -195,12 +196,13 @@ class SandboxPool:
         return ExecutionResult(job.execution.id, Status.SANDBOX_ERROR, None, "", message, 0.0)
 
     def _expire_stuck(self) -> None:
+        """A worker holding an execution past its timeout plus a margin (slot wait, start-up) is hung."""
         now = time.monotonic()
-        margin = self.sandbox.health_timeout_s
+        margin = self.sandbox.health_timeout_s + STUCK_GRACE_S
         for worker in self.workers:
-            budget = [j for j in worker.inflight.values()
-                      if now - j.sent > (j.execution.timeout_s or self.sandbox.timeout_s) + margin + 5]
-            if budget and worker.state in ("ready", "draining"):
+            overdue = any(now - j.sent > (j.execution.timeout_s or self.sandbox.timeout_s) + margin
+                          for j in worker.inflight.values())
+            if overdue and worker.state in ("ready", "draining"):
                 self._lost(worker, "held an execution past its timeout")
 
     def _probe_health(self) -> None:

@@ -1,5 +1,7 @@
 """The sandbox pool on real bubblewrap workers in real Ray actors."""
 
+import os
+import signal
 import time
 
 import pytest
@@ -47,10 +49,7 @@ def test_killing_a_worker_mid_batch_yields_one_result_per_execution(pool):
 
 def test_a_hung_worker_is_replaced(pool):
     victim = pool.workers[1]
-    pid = ray.get(victim.handle.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=10)
-    import os
-    import signal
-
+    pid = ray.get(victim.handle.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
     os.kill(pid, signal.SIGSTOP)
     try:
         results = pool.run([Execution(f"print({i})") for i in range(12)])

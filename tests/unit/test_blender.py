@@ -8,9 +8,8 @@ import pytest
 
 from actors.data_blender import DataBlender
 from runtime.config import load_config
-from runtime.data.blend import document_ids
+from runtime.data.blend import EndOfData, document_ids
 from runtime.data.sources import DataFileError
-
 
 # The tests' own blend, whatever the default recipe mixes: two generators, dedup on.
 BLEND = ['data.sources=[{"name": "python", "type": "generator", "generator": "python_functions", "weight": 0.5}, '
@@ -33,6 +32,17 @@ def make(tmp_path, tiny_model):
     yield make
     for blender in started:
         blender.shutdown()
+
+
+def drain(blender, steps=50):
+    """Every doc id served until the blend ends, and the drops of all served steps by reason."""
+    served = []
+    for step in range(steps):
+        try:
+            served += [p["doc_id"] for m in blender.batch(step)["manifest"] for p in m["pieces"]]
+        except EndOfData:
+            return served, sum((Counter(blender.store.manifest(s)["drops"]) for s in range(step)), Counter())
+    raise AssertionError("the source did not end")
 
 
 def sources_of(batch):
@@ -108,15 +118,7 @@ def test_dedup_works_across_sources(make, tmp_path):
                     + [{"id": "b-unique", "text": "only in b"}])
     sources = json.dumps([{"name": "a", "type": "jsonl", "paths": [str(a)]}, {"name": "b", "type": "jsonl", "paths": [str(b)]}])
     blender = make(f"data.sources={sources}", "data.batch_size=4")
-    served, drops = [], Counter()
-    for step in range(30):
-        try:
-            batch = blender.batch(step)
-        except Exception:
-            break
-        served += [p["doc_id"] for m in batch["manifest"] for p in m["pieces"]]
-    manifests = [blender.store.manifest(s) for s in range(step)]
-    drops = sum((Counter(m["drops"]) for m in manifests), Counter())
+    served, drops = drain(blender)
     texts = {d.removeprefix("a").removeprefix("b") for d in served if d != "b-unique"}
     assert len(texts) == 20 and len(served) == 21, "each text once, whichever source came first"
     assert drops["duplicate"] == 20
@@ -127,14 +129,9 @@ def test_license_filter(make, tmp_path):
     path = write_jsonl(tmp_path / "licensed.jsonl", rows + [{"id": "nolicense", "text": "no license here"}])
     blender = make(*jsonl_source(path), "data.license_allow=[mit, apache-2.0]", "data.allow_missing_license=false",
                    "data.batch_size=2")
-    served = []
-    for step in range(20):
-        try:
-            served += [p["doc_id"] for m in blender.batch(step)["manifest"] for p in m["pieces"]]
-        except Exception:
-            break
+    served, drops = drain(blender)
     assert sorted(served) == sorted(r["id"] for r in rows if r["license"] != "gpl-3.0")
-    assert sum(blender.store.manifest(s)["drops"].get("license", 0) for s in range(step)) == 6
+    assert drops["license"] == 6
 
 
 def test_malformed_line_names_file_and_line(make, tmp_path):
@@ -184,18 +181,6 @@ def test_factory_trace_finds_the_documents_of_a_step(make, tmp_path):
     assert result["highest_loss"][0]["documents"][0]["doc_id"] == served[1]["manifest"][2]["pieces"][0]["doc_id"]
     missing = subprocess.run([factory, "trace", str(tmp_path / "traced"), "--step", "99"], capture_output=True, text=True)
     assert missing.returncode == 2 and "step 99 was not served" in missing.stderr
-
-
-def drain(blender, steps=50):
-    served = []
-    for step in range(steps):
-        try:
-            served += [p["doc_id"] for m in blender.batch(step)["manifest"] for p in m["pieces"]]
-        except Exception as exc:
-            if type(exc).__name__ != "EndOfData":
-                raise
-            return served, sum((Counter(blender.store.manifest(s)["drops"]) for s in range(step)), Counter())
-    raise AssertionError("the source did not end")
 
 
 def test_parquet_source_resumes_by_row(make, tmp_path):

@@ -3,12 +3,13 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 
 def factory(*args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("factory", path=str(__import__("pathlib").Path(sys.executable).parent))
+    exe = shutil.which("factory", path=str(Path(sys.executable).parent))
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
 
 
