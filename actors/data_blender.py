@@ -60,7 +60,7 @@ class DataBlender:
         if not self.cfg.experiment.run_dir:
             raise FactoryError("experiment.run_dir must be set before the blender starts (the driver sets it)")
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.cfg.model, self.cfg.experiment.seed))
-        self.store = BlendStore(Path(self.cfg.experiment.run_dir) / "blender.sqlite")
+        self.store = BlendStore(Path(self.cfg.experiment.run_dir) / f"{self.name}.sqlite")
         self.blend = Blend(self.data, self.cfg.experiment.seed, tokenizer, self.store)
         self.metrics = BlenderMetrics(self.name)
         self._thread = threading.Thread(target=self._produce_loop, name="blender-producer", daemon=True)

@@ -50,7 +50,10 @@ class TrainerShard:
         from torch.nn.parallel import DistributedDataParallel
         from transformers import AutoModelForCausalLM
 
+        from runtime.metrics import TrainerMetrics
+
         torch.set_num_threads(1)
+        self.metrics = TrainerMetrics(self.name)
         backend = self.train.backend if self.train.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world_size,
                                 timeout=datetime.timedelta(seconds=self.train.group_timeout_s))
@@ -92,45 +95,94 @@ class TrainerShard:
         self.scheduler.step()
         self.step += 1
         tokens = int((segments > 0).sum())
-        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
-                "tokens": tokens, "tokens_per_s": tokens / (time.perf_counter() - started),
-                "sample_losses": per_row.tolist()}
+        metrics = {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
+                   "lr": self.scheduler.get_last_lr()[0], "tokens": tokens,
+                   "tokens_per_s": tokens / (time.perf_counter() - started)}
+        self.metrics.step(metrics)
+        return {**metrics, "sample_losses": per_row.tolist()}
+
+    def sft_step(self, examples: list[dict[str, str]]) -> dict[str, Any]:
+        """One supervised step on {prompt, completion} texts: mean NLL of the completion tokens only.
+        Its own AdamW at `sft.lr` (made on the first call)."""
+        import torch
+        from transformers import AutoTokenizer
+
+        if getattr(self, "sft_optimizer", None) is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            self.sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.sft.lr, weight_decay=0.0)
+        started = time.perf_counter()
+        rows = [{"prompt_ids": self.tokenizer(e["prompt"])["input_ids"],
+                 "completion_ids": self.tokenizer(e["completion"])["input_ids"]} for e in examples]
+        rows = [{**r, "logprobs": [0.0] * len(r["completion_ids"]), "advantage": 0.0} for r in rows]
+        ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
+        mask = completion[:, 1:].float()
+        loss = -(token_logprobs(self.ddp, ids, attention) * mask).sum() / mask.sum().clamp(min=1)
+        self.sft_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+        self.sft_optimizer.step()
+        self.step += 1
+        tokens = int(mask.sum())
+        metrics = {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm), "tokens": tokens,
+                   "tokens_per_s": tokens / (time.perf_counter() - started)}
+        self.metrics.step(metrics)
+        return metrics
 
     def rl_step(self, experience: list[dict[str, Any]]) -> dict[str, Any]:
         """One GRPO step on this shard's rollouts: {prompt_ids, completion_ids, logprobs (vLLM's), advantage}.
 
-        On-policy: one update per batch, so the ratio starts at 1; the truncated importance
-        weight corrects for vLLM sampling with its own kernels."""
+        The rollouts split into `rl.updates_per_step` minibatches, one AdamW update each; every
+        ratio is taken against this step's starting policy (`old`), which the clip bounds. The
+        truncated importance weight corrects for the sampler (vLLM's kernels, and in async mode
+        an older version) differing from `old`."""
         import torch
 
         from rl.grpo import grpo_loss
         from rl.off_policy import truncated_importance_weights
 
         rl = self.cfg.rl
+        started = time.perf_counter()
+        optimizer, schedule, reference = self._rl_state()
         ids, attention, completion, sampler, advantages = pad_experience(experience, self.model.config.pad_token_id or 0)
-        logits = self.ddp(ids, attention_mask=attention).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(2, ids[:, 1:, None])[..., 0]
         mask = completion[:, 1:]
-        weights = truncated_importance_weights(logp, sampler[:, 1:], cap=rl.tis_cap, mask=mask)
-        loss = grpo_loss(logp, logp.detach(), advantages, mask, rl.clip_low, rl.clip_high, weights=weights)
-        optimizer = self._rl_optimizer()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
-        optimizer.step()
+        with torch.no_grad():
+            old = token_logprobs(self.model, ids, attention)
+            ref = token_logprobs(reference, ids, attention) if reference is not None else None
+        weights = truncated_importance_weights(old, sampler[:, 1:], cap=rl.tis_cap, mask=mask)
+        losses, norms = [], []
+        for rows in torch.arange(len(ids)).chunk(rl.updates_per_step):
+            logp = token_logprobs(self.ddp, ids[rows], attention[rows])
+            loss = grpo_loss(logp, old[rows], advantages[rows], mask[rows], rl.clip_low, rl.clip_high,
+                             kl_coef=rl.kl_coef, logp_ref=None if ref is None else ref[rows], weights=weights[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)))
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
         self.step += 1
-        used = weights[mask.bool()]
-        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
-                "tis_weight": float(used.mean()) if used.numel() else 1.0}
+        used, tokens = weights[mask.bool()], int(mask.sum())
+        metrics = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": max(norms),
+                   "tis_weight": float(used.mean()) if used.numel() else 1.0, "lr": schedule.get_last_lr()[0],
+                   "tokens": tokens, "tokens_per_s": tokens / (time.perf_counter() - started)}
+        self.metrics.step(metrics)
+        return metrics
 
-    def _rl_optimizer(self):
-        """The RL stage's own AdamW: pre-training's second moments, built from far larger gradients,
-        would shrink every RL step (measured: no learning with them, fast learning without)."""
+    def _rl_state(self):
+        """The RL stage's own AdamW, warm-up and (with kl_coef) frozen reference, made on its first step.
+        Not pre-training's AdamW: its second moments, built from far larger gradients, shrink every
+        RL step (measured: no learning with them)."""
+        import copy
+
         import torch
 
         if getattr(self, "rl_optimizer", None) is None:
-            self.rl_optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.rl.lr, weight_decay=0.0)
-        return self.rl_optimizer
+            rl = self.cfg.rl
+            self.rl_optimizer = torch.optim.AdamW(self.model.parameters(), lr=rl.lr, weight_decay=0.0)
+            self.rl_schedule = torch.optim.lr_scheduler.LambdaLR(
+                self.rl_optimizer, lambda update: min(1.0, (update + 1) / rl.warmup_steps) if rl.warmup_steps else 1.0)
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False) if rl.kl_coef else None
+        return self.rl_optimizer, self.rl_schedule, self.reference
 
     def weights(self) -> dict[str, Any]:
         """The model's state as numpy arrays (runtime.weights.shareable): what rank 0 publishes."""
@@ -191,3 +243,11 @@ def pad_experience(experience: list[dict[str, Any]], pad_id: int):
         completion[row, p : p + c] = 1
         sampler[row, p : p + c] = torch.tensor(e["logprobs"])
     return ids, attention, completion, sampler, torch.tensor([e["advantage"] for e in experience])
+
+
+def token_logprobs(model, ids, attention):
+    """log p(token t | tokens < t) for t >= 1: [B, T - 1]."""
+    import torch
+
+    logits = model(ids, attention_mask=attention).logits
+    return torch.log_softmax(logits[:, :-1].float(), -1).gather(2, ids[:, 1:, None])[..., 0]

@@ -28,6 +28,9 @@ class WeightBroadcaster:
         self.port: int | None = None
 
     def setup(self) -> dict[str, Any]:
+        from runtime.metrics import BroadcasterMetrics
+
+        self.metrics = BroadcasterMetrics(self.name)
         grpc_cfg = self.cfg.weights.grpc
         if grpc_cfg.enabled:
             from serve.weight_service import serve
@@ -37,14 +40,18 @@ class WeightBroadcaster:
 
     def publish(self, version: int, state_ref: list) -> dict[str, int]:
         """Publish `version` (state_ref = [ObjectRef of the state dict]) to every live server; returns their versions."""
+        import time
+
         import ray
 
+        started = time.perf_counter()
         [ref] = state_ref
         self.store.publish(version, ray.get(ref, timeout=self.cfg.weights.publish_timeout_s))
         self.refs = {v: r for v, r in {**self.refs, version: ref}.items() if v in self.store.versions}
         servers = self._servers()
         calls = [handle.load_weights.remote(version, ref) for handle in servers.values()]
         done = ray.get(calls, timeout=self.cfg.weights.publish_timeout_s)
+        self.metrics.published(version, time.perf_counter() - started)
         return dict(zip(servers, done))
 
     def latest(self) -> tuple[int, list] | None:

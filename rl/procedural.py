@@ -36,6 +36,14 @@ def function_example(rng: random.Random) -> str:
     return f"{prompt(a, b)}{answer(a, b)}\n"
 
 
+def task_record(rng: random.Random, task_id: str = "") -> dict[str, str]:
+    """A task in HumanEval's format (what a task file line holds), for the blender's task stream."""
+    a, b = draw(rng)
+    checks = "".join(f"    assert candidate({x}) == {a * x + b}\n" for x in TESTED)
+    return {"task_id": task_id or f"linear/{a}x+{b}", "prompt": prompt(a, b), "canonical_solution": answer(a, b),
+            "test": f"def check(candidate):\n{checks}", "entry_point": "f"}
+
+
 def task(a: int, b: int, task_id: str) -> CodeTask:
     return CodeTask(id=task_id, prompt=prompt(a, b), prefix=prompt(a, b), solution=answer(a, b),
                     cases=[(f"assert f({x}) == {a * x + b}", True) for x in TESTED])

@@ -38,6 +38,9 @@ class ExperimentConfig(Section):
     """Directory under which each run gets `<name>-<UTC timestamp>`, unless `run_dir` is set."""
     run_dir: str | None = None
     """Exact run directory; resolved from `runs_root` when left empty."""
+    trackers: list[Literal["tensorboard", "mlflow"]] = []
+    """Trackers beside metrics.jsonl: tensorboard (event files in RUN_DIR/tensorboard) and mlflow
+    (a run in MLFLOW_TRACKING_URI, else RUN_DIR/mlruns; needs `pip install mlflow`)."""
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -232,7 +235,7 @@ class SourceConfig(Section):
     weight: float = Field(1.0, ge=0)
     """Mixture weight; weights are normalised over the sources that still have data."""
     text_field: str = "text"
-    """Field holding the document text."""
+    """Field holding the document text; `*` takes the whole record as JSON (task files)."""
     id_field: str = "id"
     """Field holding the document id; missing ids become `<file>:<line>` or `<name>:<index>`."""
     license_field: str = "license"
@@ -255,6 +258,9 @@ class DataConfig(Section):
         SourceConfig(name="arithmetic", type="generator", generator="arithmetic", weight=0.5),
     ]
     """Sources of the blend."""
+    pack: bool = True
+    """Tokenise and pack documents into `seq_len` samples (pre-training); false serves each
+    sample as one whole document's text (the RL task stream)."""
     seq_len: int = Field(128, ge=8)
     """Tokens per packed sample."""
     batch_size: int = Field(16, ge=1)
@@ -357,13 +363,43 @@ class TrainConfig(Section):
     """Seconds a shard waits for its batch from the blender."""
 
 
-class RLConfig(Section):
-    """RL with verifiable rewards on procedural coding tasks (rl/procedural.py), judged in the sandbox."""
+class TaskStreamConfig(Section):
+    """Where RL tasks come from: a blender whose documents are tasks, one JSON object each, in
+    HumanEval or MBPP format (task files: a `jsonl` source with `text_field: "*"`)."""
+
+    sources: list[SourceConfig] = [SourceConfig(name="linear", type="generator", generator="linear_tasks")]
+    """Task sources, mixed by weight like the pre-training blend."""
+    transforms: list[Literal["license", "dedup", "near_dedup", "length"]] = ["length"]
+    """Filters of every task source."""
+
+
+class SFTConfig(Section):
+    """Optional supervised stage between pre-training and RL: the task stream's reference solutions,
+    loss on the solution tokens only. One version is published after it."""
 
     steps: int = Field(0, ge=0)
-    """RL steps (0 skips the stage); each publishes a new weight version. Off by default: on the
-    tiny model it does not yet improve pass@1 measurably (see the README)."""
-    prompts_per_step: int = Field(16, ge=1)
+    """SFT steps (0 skips the stage); each takes one step of the task stream (rl.prompts_per_step tasks)."""
+    lr: float = Field(1e-3, gt=0)
+    """Constant learning rate of the stage's own AdamW."""
+
+
+class RLConfig(Section):
+    """RL with verifiable rewards: tasks from a blender, rollouts from the inference pool, rewards from
+    code tests in the sandbox pool, GRPO steps on the trainer shards, one broadcast version per step."""
+
+    steps: int = Field(0, ge=0)
+    """RL steps (0 skips the stage); each publishes a new weight version."""
+    mode: Literal["sync", "async"] = "sync"
+    """sync: generate, score, train, publish in turn. async: a producer generates and scores the next
+    steps' rollouts while the trainers train, with whatever version the servers hold."""
+    max_staleness: int = Field(1, ge=0)
+    """async: a rollout group generated more than this many versions before the one being trained
+    is dropped (and counted, reason `stale`)."""
+    queue_steps: int = Field(2, ge=1)
+    """async: steps of scored rollouts the producer may hold ready."""
+    tasks: TaskStreamConfig = TaskStreamConfig()
+    """The task stream."""
+    prompts_per_step: int = Field(64, ge=1)
     """Tasks per step."""
     group_size: int = Field(8, ge=2)
     """Completions per task; GRPO normalises rewards within each group."""
@@ -371,16 +407,23 @@ class RLConfig(Section):
     """Sampling temperature of rollouts and of the pass@1 evaluation."""
     max_tokens: int = Field(16, ge=1)
     """Longest completion (the returned expression)."""
-    lr: float = Field(1e-3, gt=0)
-    """Constant learning rate of the RL stage."""
+    lr: float = Field(2e-4, gt=0)
+    """Learning rate of the RL stage's own AdamW (after `warmup_steps`)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer updates of linear warm-up."""
+    updates_per_step: int = Field(4, ge=1)
+    """Optimizer updates per step: the step's rollouts split into this many minibatches, each one
+    update, with the ratio taken against the policy that sampled (PPO-style reuse)."""
     clip_low: float = Field(0.2, ge=0)
     """Lower clip of the ratio (1 - clip_low)."""
     clip_high: float = Field(0.28, ge=0)
     """Upper clip of the ratio (1 + clip_high)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of the k3 KL to the policy the RL stage started from (0: no reference kept)."""
     tis_cap: float = Field(2.0, gt=0)
     """Cap of the truncated importance weights between trainer and vLLM logprobs."""
     eval_tasks: int = Field(32, ge=1)
-    """Held-out tasks for pass@1 before and after RL."""
+    """Held-out tasks for pass@1 before and after each stage."""
     eval_samples: int = Field(8, ge=1)
     """Samples per held-out task; pass@1 is the mean success over them."""
 
@@ -404,6 +447,8 @@ class FactoryConfig(Section):
     """The streaming data blender."""
     train: TrainConfig = TrainConfig()
     """Trainer shards: optimiser, schedule, distributed group."""
+    sft: SFTConfig = SFTConfig()
+    """The optional SFT stage of the main job."""
     rl: RLConfig = RLConfig()
     """The RL stage of the main job."""
     weights: WeightsConfig = WeightsConfig()
@@ -414,9 +459,9 @@ class FactoryConfig(Section):
     @model_validator(mode="after")
     def _rl_batch_splits_over_trainers(self) -> FactoryConfig:
         rows, shards = self.rl.prompts_per_step * self.rl.group_size, self.placement.trainer.replicas
-        if shards and rows % shards:
+        if shards and rows % (shards * self.rl.updates_per_step):
             raise ValueError(f"rl.prompts_per_step x rl.group_size ({rows}) must divide evenly over "
-                             f"placement.trainer.replicas ({shards})")
+                             f"placement.trainer.replicas x rl.updates_per_step ({shards} x {self.rl.updates_per_step})")
         return self
 
     def to_yaml(self) -> str:

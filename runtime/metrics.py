@@ -113,6 +113,62 @@ class BlenderMetrics:
         self._buffer.set(steps, tags=self.tags)
 
 
+class RLMetrics:
+    """The RL loop's figures (recorded by the driver, which Ray treats as a worker too)."""
+
+    def __init__(self, experiment: str):
+        self.tags = {"experiment": experiment}
+        keys = ("experiment",)
+        self._reward = _metric("Gauge", "factory_rl_reward", "Mean reward of the last step's rollouts", keys)
+        self._staleness = _metric("Gauge", "factory_rl_staleness", "Largest staleness (versions) trained on", keys)
+        self._version = _metric("Gauge", "factory_rl_trainer_version", "Version the trainers last published", keys)
+        self._queue = _metric("Gauge", "factory_rl_rollout_queue_depth", "Scored groups waiting (async)", keys)
+        self._used = _metric("Counter", "factory_rl_groups_used", "Rollout groups trained on", keys)
+        self._dropped = _metric("Counter", "factory_rl_groups_dropped", "Rollout groups dropped, by reason",
+                                ("experiment", "reason"))
+
+    def step(self, metrics: dict) -> None:
+        self._reward.set(metrics["reward"], tags=self.tags)
+        self._staleness.set(metrics["staleness_max"], tags=self.tags)
+        self._version.set(metrics["version"], tags=self.tags)
+        self._used.inc(metrics["groups"], tags=self.tags)
+
+    def queue_depth(self, n: int) -> None:
+        self._queue.set(n, tags=self.tags)
+
+    def dropped(self, reason: str) -> None:
+        self._dropped.inc(1, tags={**self.tags, "reason": reason})
+
+
+class TrainerMetrics:
+    def __init__(self, shard: str):
+        self.tags = {"shard": shard}
+        keys = ("shard",)
+        self._loss = _metric("Gauge", "factory_trainer_loss", "Loss of the last step", keys)
+        self._tokens_per_s = _metric("Gauge", "factory_trainer_tokens_per_s", "Tokens/s of the last step", keys)
+        self._step = _metric("Gauge", "factory_trainer_step", "Steps taken", keys)
+        self._tokens = _metric("Counter", "factory_trainer_tokens", "Tokens trained on", keys)
+
+    def step(self, metrics: dict) -> None:
+        self._loss.set(metrics["loss"], tags=self.tags)
+        self._step.set(metrics["step"], tags=self.tags)
+        if metrics.get("tokens"):
+            self._tokens.inc(metrics["tokens"], tags=self.tags)
+            self._tokens_per_s.set(metrics["tokens_per_s"], tags=self.tags)
+
+
+class BroadcasterMetrics:
+    def __init__(self, broadcaster: str):
+        self.tags = {"broadcaster": broadcaster}
+        keys = ("broadcaster",)
+        self._version = _metric("Gauge", "factory_weights_published_version", "Newest version published", keys)
+        self._seconds = _metric("Gauge", "factory_weights_publish_s", "Seconds the last publish took", keys)
+
+    def published(self, version: int, seconds: float) -> None:
+        self._version.set(version, tags=self.tags)
+        self._seconds.set(seconds, tags=self.tags)
+
+
 class PlaygroundMetrics:
     def __init__(self):
         keys = ("model", "version")

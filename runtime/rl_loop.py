@@ -1,14 +1,24 @@
-"""The synchronous RL stage: it reads as the algorithm.
+"""The RL stage: it reads as the algorithm.
 
-    tasks -> InferencePool (n samples per task, with logprobs) -> sandbox code tests -> rewards
-    -> group-normalised advantages -> TrainerShards (GRPO + truncated IS) -> broadcast version v+1
+    tasks (a blender of task documents) -> InferencePool: n samples per task, with logprobs
+    -> SandboxPool: code tests -> rewards -> group-normalised advantages
+    -> TrainerShards: GRPO + truncated importance sampling -> WeightBroadcaster: version v+1
+
+sync: those in turn, so every rollout comes from the version being trained (staleness 0).
+async: a producer thread keeps up to `rl.queue_steps` steps of scored rollouts ready while the
+trainers train and publish; the servers reload between requests, so a group is sampled from
+whatever version they hold then. Groups more than `rl.max_staleness` versions behind the
+trainer are dropped and counted (reason `stale`); groups still queued at the end are counted
+as `unused`. Every group is either trained on or counted.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
-from pathlib import Path
+import collections
+import queue
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -17,9 +27,94 @@ import torch
 from rl import procedural
 from rl.grpo import group_advantages
 from rl.rewards.code_tests import code_test_rewards
-from rl.tasks import CodeTask
+from rl.tasks import CodeTask, parse_line
 from runtime.config import FactoryConfig, SamplingConfig
+from runtime.errors import FactoryError
 from runtime.generation import GenerationRequest, GenerationResult, Workload
+from runtime.metrics import RLMetrics
+
+
+@dataclass
+class Group:
+    """One task's completions, their rewards, and the version that sampled them."""
+
+    task: CodeTask
+    result: GenerationResult
+    rewards: torch.Tensor
+
+    @property
+    def version(self) -> int:
+        return self.result.version
+
+
+def run_rl(actors: dict[str, Any], cfg: FactoryConfig, first_version: int, record) -> list[dict[str, Any]]:
+    """`rl.steps` steps, each publishing version first_version + step; `record(metrics)` after each."""
+    from tqdm import tqdm
+
+    ray_metrics = RLMetrics(cfg.experiment.name)
+    loop = SyncRollouts(actors, cfg) if cfg.rl.mode == "sync" else AsyncRollouts(actors, cfg, ray_metrics)
+    history, version = [], first_version - 1
+    try:
+        with tqdm(range(cfg.rl.steps), desc=f"rl ({cfg.rl.mode})") as bar:
+            for step in bar:
+                groups, waited = loop.take(version)
+                metrics = train_and_publish(actors, cfg, groups, version + 1)
+                version += 1
+                history.append({"stage": "rl", **metrics, "step": step + 1, **loop.counts(), "wait_s": waited})
+                record(history[-1])
+                ray_metrics.step(history[-1])
+                bar.set_postfix(reward=f"{metrics['reward']:.2f}", stale=history[-1]["dropped_stale"])
+    finally:
+        loop.stop()
+    if history:
+        history[-1].update(loop.counts())
+    return history
+
+
+def train_and_publish(actors: dict[str, Any], cfg: FactoryConfig, groups: list[Group], version: int) -> dict[str, Any]:
+    """One GRPO step on `groups`, then `version` to every server."""
+    started = time.perf_counter()
+    rewards = torch.stack([g.rewards for g in groups])
+    advantages = group_advantages(rewards)
+    metrics = actors["trainers"].rl_step(experience(groups, advantages))
+    ray.get(actors["broadcaster"].publish.remote(version, [actors["trainers"].weights_ref()]),
+            timeout=cfg.weights.publish_timeout_s)
+    staleness = [version - 1 - g.version for g in groups]
+    tokens = sum(len(c.token_ids) for g in groups for c in g.result.completions)
+    return {**metrics, "version": version, "groups": len(groups), "reward": rewards.mean().item(),
+            "solved_groups": int((rewards.max(dim=1).values > 0).sum()),
+            "staleness_max": max(staleness), "staleness_mean": sum(staleness) / len(staleness),
+            "rollout_versions": sorted({g.version for g in groups}), "rollout_tokens": tokens,
+            "train_s": time.perf_counter() - started}
+
+
+def experience(groups: list[Group], advantages: torch.Tensor) -> list[dict[str, Any]]:
+    return [{"prompt_ids": g.result.prompt_token_ids, "completion_ids": c.token_ids, "logprobs": c.logprobs,
+             "advantage": advantages[i, j].item()}
+            for i, g in enumerate(groups) for j, c in enumerate(g.result.completions)]
+
+
+# ---- producing rollouts ----------------------------------------------------
+
+
+def collect(actors: dict[str, Any], cfg: FactoryConfig) -> list[Group]:
+    """The task stream's next step, sampled `group_size` times per task and scored in the sandbox."""
+    tasks = actors["task_stream"].next()
+    results = sample(actors["pool"], tasks, cfg, cfg.rl.group_size, Workload.ROLLOUT)
+    rewards = score(actors["sandbox"], tasks, results)
+    return [Group(t, r, rw) for t, r, rw in zip(tasks, results, rewards)]
+
+
+class TaskStream:
+    """The driver's cursor over the task blender: SFT and RL take consecutive steps of one stream."""
+
+    def __init__(self, blender, cfg: FactoryConfig):
+        self.blender, self.timeout, self.step = blender, cfg.data.batch_timeout_s + 30, 0
+
+    def next(self) -> list[CodeTask]:
+        batch = ray.get(self.blender.batch.remote(self.step), timeout=self.timeout)
+        self.step += 1
+        return [parse_line(d["text"], f"task source {d['source']}, document {d['id']}") for d in batch["documents"]]
 
 
 def sample(pool, tasks: list[CodeTask], cfg: FactoryConfig, n: int, workload: Workload) -> list[GenerationResult]:
@@ -28,44 +123,117 @@ def sample(pool, tasks: list[CodeTask], cfg: FactoryConfig, n: int, workload: Wo
 
 
 def score(sandbox, tasks: list[CodeTask], results: list[GenerationResult]) -> torch.Tensor:
-    """[tasks, n] 1.0 where the completion passes every test of its task."""
+    """[tasks, n] 1.0 where the completion passes every test of its task (a task's completions
+    share one sandbox execution, each in its own forked process)."""
     pairs = [(t, c.text) for t, r in zip(tasks, results) for c in r.completions]
-    rewards = code_test_rewards(sandbox, [t for t, _ in pairs], [c for _, c in pairs])
+    rewards = code_test_rewards(sandbox, [t for t, _ in pairs], [c for _, c in pairs], grouped=True)
     return torch.tensor([float(r.passed) for r in rewards]).view(len(tasks), -1)
 
 
 def pass_at_1(actors: dict[str, Any], cfg: FactoryConfig) -> float:
-    """Mean success over `eval_samples` samples of each held-out task."""
+    """Mean success over `eval_samples` samples of each held-out task (a task family the
+    training stream draws with another seed)."""
     tasks = procedural.tasks(cfg.experiment.seed, cfg.rl.eval_tasks, prefix="eval")
-    return score(actors["sandbox"], tasks, sample(actors["pool"], tasks, cfg, cfg.rl.eval_samples, Workload.EVAL)).mean().item()
+    results = sample(actors["pool"], tasks, cfg, cfg.rl.eval_samples, Workload.EVAL)
+    return score(actors["sandbox"], tasks, results).mean().item()
 
 
-def experience(results: list[GenerationResult], advantages: torch.Tensor) -> list[dict[str, Any]]:
-    return [{"prompt_ids": r.prompt_token_ids, "completion_ids": c.token_ids, "logprobs": c.logprobs,
-             "advantage": advantages[i, j].item()}
-            for i, r in enumerate(results) for j, c in enumerate(r.completions)]
+class SyncRollouts:
+    """Generate the step's rollouts when the trainer asks for them: always the current version."""
+
+    def __init__(self, actors: dict[str, Any], cfg: FactoryConfig):
+        self.actors, self.cfg = actors, cfg
+        self.used = 0
+
+    def take(self, version: int) -> tuple[list[Group], float]:
+        started = time.perf_counter()
+        groups = collect(self.actors, self.cfg)
+        self.used += len(groups)
+        return groups, time.perf_counter() - started
+
+    def counts(self) -> dict[str, int]:
+        return {"groups_produced": self.used, "groups_used": self.used, "dropped_stale": 0, "dropped_unused": 0}
+
+    def stop(self) -> None:
+        pass
 
 
-def rl_step(actors: dict[str, Any], cfg: FactoryConfig, step: int, version: int) -> dict[str, Any]:
-    tasks = procedural.tasks(cfg.experiment.seed + 1 + step, cfg.rl.prompts_per_step, prefix=f"train{step}")
-    results = sample(actors["pool"], tasks, cfg, cfg.rl.group_size, Workload.ROLLOUT)
-    rewards = score(actors["sandbox"], tasks, results)
-    metrics = actors["trainers"].rl_step(experience(results, group_advantages(rewards)))
-    ray.get(actors["broadcaster"].publish.remote(version, [actors["trainers"].weights_ref()]), timeout=600)
-    return {"stage": "rl", **metrics, "reward": rewards.mean().item(), "version": version,
-            "rollout_versions": sorted({r.version for r in results})}
+class AsyncRollouts:
+    """A producer thread fills a bounded queue of scored groups; `take` drops the stale ones."""
 
+    def __init__(self, actors: dict[str, Any], cfg: FactoryConfig, metrics: RLMetrics):
+        self.actors, self.cfg, self.metrics = actors, cfg, metrics
+        self.queue: queue.Queue[Group] = queue.Queue(cfg.rl.queue_steps * cfg.rl.prompts_per_step)
+        self.error: BaseException | None = None
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.used = self.produced = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="rollout-producer", daemon=True)
+        self.thread.start()
 
-def run_rl(actors: dict[str, Any], cfg: FactoryConfig, run_dir: Path, first_version: int) -> list[dict[str, Any]]:
-    """`rl.steps` synchronous steps; each publishes the next version (on-policy: staleness 0)."""
-    from tqdm import tqdm
+    def take(self, version: int) -> tuple[list[Group], float]:
+        """`prompts_per_step` groups at most `max_staleness` versions behind `version`."""
+        started, groups = time.perf_counter(), []
+        while len(groups) < self.cfg.rl.prompts_per_step:
+            group = self._next()
+            if version - group.version > self.cfg.rl.max_staleness:
+                self.dropped["stale"] += 1
+                self.metrics.dropped("stale")
+                continue
+            groups.append(group)
+        self.used += len(groups)
+        self.metrics.queue_depth(self.queue.qsize())
+        return groups, time.perf_counter() - started
 
-    history = []
-    with open(run_dir / "metrics.jsonl", "a") as log, tqdm(range(cfg.rl.steps), desc="rl") as bar:
-        for step in bar:
-            metrics = rl_step(actors, cfg, step, first_version + step)
-            history.append(metrics)
-            log.write(json.dumps(metrics) + "\n")
-            recent = statistics.fmean(h["reward"] for h in history[-5:])
-            bar.set_postfix(reward=f"{recent:.2f}", loss=f"{metrics['loss']:.3f}")
-    return history
+    def counts(self) -> dict[str, int]:
+        return {"groups_produced": self.produced, "groups_used": self.used, "dropped_stale": self.dropped["stale"],
+                "dropped_unused": self.dropped["unused"]}
+
+    def stop(self) -> None:
+        """Stop producing; groups made and never trained on are counted as `unused`."""
+        self.stopping.set()
+        while self.thread.is_alive():
+            self._drain()
+            self.thread.join(timeout=0.1)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                return
+            self.dropped["unused"] += 1
+            self.metrics.dropped("unused")
+
+    def _next(self) -> Group:
+        timeout = self.cfg.inference.request_timeout_s + self.cfg.data.batch_timeout_s
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise FactoryError(f"async RL: the rollout producer failed: {self.error!r}") from self.error
+            try:
+                return self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+        raise FactoryError(f"async RL: no rollouts within {timeout}s (inference.request_timeout_s + data.batch_timeout_s)")
+
+    def _produce(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                groups = collect(self.actors, self.cfg)
+                self.produced += len(groups)
+                for group in groups:
+                    self._put(group)
+        except BaseException as exc:  # handed to the trainer side, which raises it with its cause
+            self.error = exc
+
+    def _put(self, group: Group) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(group, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        self.dropped["unused"] += 1
+        self.metrics.dropped("unused")

@@ -33,6 +33,7 @@ SandboxUnavailable if the configured isolation cannot be had.
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import os
 import selectors
@@ -120,6 +121,7 @@ class LocalBackend(SandboxBackend):
         self.python = os.path.realpath(cfg.python or getattr(sys, "_base_executable", sys.executable))
         self.cgroups: list[PidsCgroup | None] = [None] * slots
         self._nproc_by_rlimit = False
+        self._runs = itertools.count(1)
 
     def check(self) -> None:
         self._setup_process_limit()
@@ -128,13 +130,18 @@ class LocalBackend(SandboxBackend):
     def run(self, execution: Execution, slot: int) -> ExecutionResult:
         timeout = min(execution.timeout_s or self.cfg.timeout_s, self.cfg.timeout_s)
         started = time.monotonic()
-        with self._prepared(execution) as (argv, pass_fds, cwd):
-            proc = subprocess.Popen(
-                self._in_cgroup(argv, slot), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=pass_fds, cwd=cwd, env=self._env(), start_new_session=True,
-            )
-            out, err, reason = pump(proc, execution.stdin.encode(), started + timeout, self.cfg.max_output_bytes)
-            self._reap(proc, slot)
+        cgroup = self._fresh_cgroup(slot)
+        try:
+            with self._prepared(execution) as (argv, pass_fds, cwd):
+                proc = subprocess.Popen(
+                    cgroup.wrap(argv) if cgroup else argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, pass_fds=pass_fds, cwd=cwd, env=self._env(), start_new_session=True,
+                )
+                out, err, reason = pump(proc, execution.stdin.encode(), started + timeout, self.cfg.max_output_bytes)
+                self._reap(proc, cgroup)
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
         duration = time.monotonic() - started
         status = classify(reason, proc.returncode, err, self.name)
         cap = self.cfg.max_output_bytes
@@ -178,16 +185,24 @@ class LocalBackend(SandboxBackend):
                 "apply, and no writable pids cgroup was found; run as another user, give the worker a pids "
                 "cgroup, or set sandbox.max_processes=0 to run without a process cap")
 
-    def _in_cgroup(self, argv: list[str], slot: int) -> list[str]:
-        cgroup = self.cgroups[slot]
-        return cgroup.wrap(argv) if cgroup else argv
+    def _fresh_cgroup(self, slot: int) -> PidsCgroup | None:
+        """A new pids cgroup per execution, under the slot's: the kernel releases an exited sandbox's
+        pid charges up to a second or two late (measured here), so a reused cgroup would fill with
+        charges of runs already over and refuse the next fork."""
+        parent = self.cgroups[slot]
+        if parent is None:
+            return None
+        cgroup = PidsCgroup.create(f"{parent.path.name}-{next(self._runs)}", self.cfg.max_processes, parent.path.parent)
+        if cgroup is None:
+            raise SandboxUnavailable(f"cannot create a pids cgroup beside {parent.path}")
+        return cgroup
 
-    def _reap(self, proc: subprocess.Popen, slot: int) -> None:
+    def _reap(self, proc: subprocess.Popen, cgroup: PidsCgroup | None) -> None:
         if proc.poll() is None:
             _kill_group(proc)
         proc.wait()
-        if self.cgroups[slot] is not None:
-            self.cgroups[slot].kill_all()
+        if cgroup is not None:
+            cgroup.kill_all()
 
     def _env(self) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
@@ -271,8 +286,8 @@ class PidsCgroup:
         self.path = path
 
     @classmethod
-    def create(cls, name: str, max_pids: int) -> PidsCgroup | None:
-        for root in map(Path, cls.ROOTS):
+    def create(cls, name: str, max_pids: int, root: Path | None = None) -> PidsCgroup | None:
+        for root in [root] if root else map(Path, cls.ROOTS):
             if not cls._usable(root):
                 continue
             try:

@@ -52,7 +52,18 @@ class TrainerGroup:
         metrics = ray.get([s.rl_step.remote(experience[i :: self.size]) for i, s in enumerate(self.shards)],
                           timeout=timeout)
         return {"step": metrics[0]["step"], "loss": statistics.fmean(m["loss"] for m in metrics),
-                "grad_norm": metrics[0]["grad_norm"], "tis_weight": statistics.fmean(m["tis_weight"] for m in metrics)}
+                "grad_norm": metrics[0]["grad_norm"], "tis_weight": statistics.fmean(m["tis_weight"] for m in metrics),
+                "lr": metrics[0]["lr"], "tokens": sum(m["tokens"] for m in metrics),
+                "tokens_per_s": sum(m["tokens_per_s"] for m in metrics)}
+
+    def sft_step(self, examples: list[dict[str, str]]) -> dict[str, Any]:
+        """Examples i, i + n, ... go to shard i; every shard needs at least one."""
+        timeout = self.cfg.train.group_timeout_s + 120
+        metrics = ray.get([s.sft_step.remote(examples[i :: self.size]) for i, s in enumerate(self.shards)],
+                          timeout=timeout)
+        return {"step": metrics[0]["step"], "loss": statistics.fmean(m["loss"] for m in metrics),
+                "grad_norm": metrics[0]["grad_norm"], "tokens": sum(m["tokens"] for m in metrics),
+                "tokens_per_s": sum(m["tokens_per_s"] for m in metrics)}
 
     def weights_ref(self) -> Any:
         """One object-store copy of the current weights, from rank 0 (replicas are identical)."""

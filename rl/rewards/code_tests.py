@@ -13,6 +13,7 @@ what it can do to the host, not what it can claim about itself.
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 from collections.abc import Sequence
@@ -46,6 +47,73 @@ def _factory_run(cases, candidate, entry_point):
             rows.append(ok)
     _factory_report(rows)
 _factory_run({cases!r}, {candidate!r}, {entry_point!r})
+"""
+
+
+GROUP_RUNNER = """\
+import ctypes as _c, json as _j, os as _os, sys as _sys, time as _t
+_c.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+
+
+def _factory_line():
+    out = b""
+    while not out.endswith(b"\\n"):
+        byte = _os.read(0, 1)
+        if not byte:
+            break
+        out += byte
+    return out.decode().strip()
+
+
+def _factory_child(source, nonce, cases, candidate, entry_point):
+    _os.close(0)
+    _os.setpgid(0, 0)
+    namespace = {{"__name__": "__main__"}}
+    rows = []
+    try:
+        exec(compile(source, "<completion>", "exec"), namespace)
+        if candidate:
+            namespace[candidate] = namespace[entry_point]
+        broken = False
+        for case, counted in cases:
+            ok = False
+            if not broken:
+                try:
+                    exec(case, namespace)
+                    ok = True
+                except BaseException:
+                    broken = not counted
+            if counted:
+                rows.append(ok)
+    except BaseException:
+        rows = None
+    _sys.stdout.write("\\n" + nonce + _j.dumps(rows) + "\\n")
+    _sys.stdout.flush()
+    _os._exit(0)
+
+
+def _factory_group(sources, cases, candidate, entry_point, limit):
+    for source in sources:
+        nonce = _factory_line()
+        _sys.stdout.flush()
+        pid = _os.fork()
+        if pid == 0:
+            _factory_child(source, nonce, cases, candidate, entry_point)
+        del nonce
+        deadline = _t.monotonic() + limit
+        while not _os.waitpid(pid, _os.WNOHANG)[0] and _t.monotonic() < deadline:
+            _t.sleep(0.0005)
+        try:
+            _os.killpg(pid, 9)
+        except OSError:
+            pass
+        try:
+            _os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+_factory_group({sources!r}, {cases!r}, {candidate!r}, {entry_point!r}, {limit!r})
 """
 
 
@@ -84,8 +152,56 @@ def score(result: ExecutionResult, nonce: str) -> CodeReward:
 
 
 def code_test_rewards(runner: Runner, tasks: Sequence[CodeTask], completions: Sequence[str],
-                      timeout_s: float | None = None) -> list[CodeReward]:
-    """Score each completion against its task, all in one batch through the sandbox runner."""
-    pairs = [execution(t, c, timeout_s) for t, c in zip(tasks, completions, strict=True)]
-    results = runner.run([e for e, _ in pairs])
-    return [score(r, nonce) for r, (_, nonce) in zip(results, pairs)]
+                      timeout_s: float | None = None, grouped: bool = False) -> list[CodeReward]:
+    """Score each completion against its task, all in one batch through the sandbox runner.
+
+    grouped: consecutive completions of the same task share one sandbox execution, each run
+    in its own forked process (see `group_execution`); a completion without a report from its
+    group (a crash, a timeout, a sibling that killed the group) is run again on its own."""
+    if not grouped:
+        pairs = [execution(t, c, timeout_s) for t, c in zip(tasks, completions, strict=True)]
+        results = runner.run([e for e, _ in pairs])
+        return [score(r, nonce) for r, (_, nonce) in zip(results, pairs)]
+    groups = [list(g) for _, g in itertools.groupby(zip(tasks, completions, strict=True), key=lambda p: id(p[0]))]
+    runs = [group_execution(g[0][0], [c for _, c in g], timeout_s) for g in groups]
+    results = runner.run([e for e, _ in runs])
+    rewards = [group_score(r, nonces) for r, (_, nonces) in zip(results, runs)]
+    flat = [reward for group in rewards for reward in group]
+    missing = [i for i, reward in enumerate(flat) if reward is None]
+    if missing:
+        again = code_test_rewards(runner, [tasks[i] for i in missing], [completions[i] for i in missing], timeout_s)
+        for i, reward in zip(missing, again):
+            flat[i] = reward
+    return flat
+
+
+def group_execution(task: CodeTask, completions: list[str], timeout_s: float | None = None) -> tuple[Execution, list[str]]:
+    """One program that runs every completion of `task` in a forked child, one after another.
+
+    The parent reads each child's nonce from stdin unbuffered, just before forking it, so a
+    child holds only its own; the child closes stdin, runs in its own process group (killed
+    when it ends) and reports with its nonce; the parent is not dumpable, so no child reads
+    its memory through /proc."""
+    nonces = [f"@@factory-{secrets.token_hex(16)}@@" for _ in completions]
+    sources = [f"{task.prefix}{c}\n\n{task.setup}\n" for c in completions]
+    limit = (timeout_s or 10.0) / max(1, len(completions))
+    code = GROUP_RUNNER.format(sources=sources, cases=task.cases, candidate=task.candidate,
+                               entry_point=task.entry_point, limit=limit)
+    return Execution(code, stdin="".join(n + "\n" for n in nonces), timeout_s=timeout_s), nonces
+
+
+def group_score(result: ExecutionResult, nonces: list[str]) -> list[CodeReward | None]:
+    """Each child's reward from its report line; None where a child left none."""
+    lines = result.stdout.splitlines()
+    rewards: list[CodeReward | None] = []
+    for nonce in nonces:
+        reports = [line[len(nonce):] for line in lines if line.startswith(nonce)]
+        if not reports:
+            rewards.append(None)
+            continue
+        rows = json.loads(reports[-1])
+        if not rows:  # null: the completion did not compile or run
+            rewards.append(CodeReward(False, 0.0, Status.FAILED.value, 0))
+            continue
+        rewards.append(CodeReward(all(rows), sum(rows) / len(rows), Status.OK.value, len(rows)))
+    return rewards

@@ -37,15 +37,19 @@ class StepBatch:
     tokens: np.ndarray
     segment_ids: np.ndarray
     manifest: dict[str, Any]
+    documents: list[dict[str, str]] | None = None
+    """Unpacked streams (data.pack false): each sample's source, id and text; tokens are empty."""
 
     def shard(self, shard: int, num_shards: int) -> dict[str, Any]:
         """Samples shard, shard + num_shards, ...: disjoint across shards, together the whole step."""
         if not 0 <= shard < num_shards:
             raise ValueError(f"shard {shard} is not in [0, {num_shards})")
-        rows = list(range(shard, len(self.tokens), num_shards))
-        return {"step": self.step, "shard": shard, "num_shards": num_shards, "sample_index": rows,
-                "input_ids": self.tokens[rows], "segment_ids": self.segment_ids[rows],
+        rows = list(range(shard, len(self.manifest["samples"]), num_shards))
+        part = {"step": self.step, "shard": shard, "num_shards": num_shards, "sample_index": rows,
                 "manifest": [self.manifest["samples"][i] for i in rows]}
+        if self.documents is not None:
+            return {**part, "documents": [self.documents[i] for i in rows]}
+        return {**part, "input_ids": self.tokens[rows], "segment_ids": self.segment_ids[rows]}
 
 
 class Blend:
@@ -140,7 +144,7 @@ class Blend:
             if not names:
                 break
             name = rng.choices(names, weights=[self.weights[n] for n in names])[0]
-            sample = self.packers[name].next_sample(self._documents(name, step, drops))
+            sample = self._next_sample(name, step, drops)
             if sample is None:
                 (self.exhausted if self.specs[name].type in FINITE else unavailable).add(name)
                 continue
@@ -149,8 +153,19 @@ class Blend:
         self.step += 1
         if not samples:
             raise EndOfData(f"step {step}: every source with weight has ended")
+        manifest = self._manifest(step, samples, drops)
+        if not self.cfg.pack:
+            documents = [{"source": s.source, "id": s.pieces[0]["doc_id"], "text": s.text} for s in samples]
+            return StepBatch(step, np.zeros((0, 0), np.int32), np.zeros((0, 0), np.int32), manifest, documents)
         return StepBatch(step, np.array([s.tokens for s in samples], dtype=np.int32),
-                         np.array([s.segment_ids for s in samples], dtype=np.int32), self._manifest(step, samples, drops))
+                         np.array([s.segment_ids for s in samples], dtype=np.int32), manifest)
+
+    def _next_sample(self, name: str, step: int, drops: collections.Counter) -> Sample | None:
+        documents = self._documents(name, step, drops)
+        if self.cfg.pack:
+            return self.packers[name].next_sample(documents)
+        doc = next(documents, None)
+        return None if doc is None else Sample.whole(doc)
 
     def _documents(self, name: str, step: int, drops: collections.Counter):
         chain = self.specs[name].transforms if self.specs[name].transforms is not None else self.cfg.transforms
@@ -172,11 +187,13 @@ class Blend:
         total = sum(w for w in self.weights.values()) or 1.0
         tokens = collections.Counter()
         for s in samples:
-            tokens[s.source] += sum(p["length"] for p in s.pieces)
+            tokens[s.source] += sum(p["length"] for p in s.pieces) if self.cfg.pack else 0
+        last = ["tokenize", "pack"] if self.cfg.pack else []
         return {"step": step, "weights": {n: w / total for n, w in self.weights.items()},
                 "samples": [{"source": s.source, "pieces": s.pieces} for s in samples],
-                "tokens_by_source": dict(tokens), "drops": dict(drops),
-                "transforms": {n: (sp.transforms if sp.transforms is not None else self.cfg.transforms) + ["tokenize", "pack"]
+                "tokens_by_source": dict(+tokens), "drops": dict(drops),
+                "documents_by_source": dict(collections.Counter(s.source for s in samples)),
+                "transforms": {n: (sp.transforms if sp.transforms is not None else self.cfg.transforms) + last
                                for n, sp in self.specs.items()}}
 
 

@@ -34,6 +34,13 @@ class Sample:
     segment_ids: list[int]
     pieces: list[dict[str, Any]] = field(default_factory=list)
     """Provenance: doc_id, offset, length, position in the sample."""
+    text: str = ""
+    """The document itself, for unpacked streams (`Sample.whole`)."""
+
+    @classmethod
+    def whole(cls, doc: Document) -> Sample:
+        """One untokenised document as a sample; its length counts characters."""
+        return cls(doc.source, [], [], [{"doc_id": doc.id, "offset": 0, "length": len(doc.text), "start": 0}], doc.text)
 
 
 def cut(doc: Document, tokens: list[int], seq_len: int) -> list[Piece]:

@@ -36,8 +36,15 @@ def _function_example(rng: random.Random) -> str:
     return function_example(rng)
 
 
+def _linear_task(rng: random.Random) -> str:
+    from rl.procedural import task_record
+
+    return json.dumps(task_record(rng))
+
+
 GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "function_examples": _function_example,
+    "linear_tasks": _linear_task,
     "python_functions": corpus.python_function,
     "arithmetic": corpus.arithmetic,
     "corpus": lambda rng: corpus.python_function(rng) if rng.random() < 0.5 else corpus.arithmetic(rng),
@@ -59,7 +66,8 @@ class Source:
 
     def _document(self, row: dict, fallback_id: str) -> Document:
         license = row.get(self.cfg.license_field)
-        return Document(self.name, str(row.get(self.cfg.id_field, fallback_id)), str(row.get(self.cfg.text_field, "")),
+        text = json.dumps(row) if self.cfg.text_field == "*" else str(row.get(self.cfg.text_field, ""))
+        return Document(self.name, str(row.get(self.cfg.id_field, fallback_id)), text,
                         None if license is None else str(license))
 
 

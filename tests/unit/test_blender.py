@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 from collections import Counter
 
 import pytest
@@ -211,3 +212,33 @@ def test_length_and_outlier_filters(make, tmp_path):
     blender = make(*jsonl_source(write_jsonl(tmp_path / "l.jsonl", rows)), "data.max_chars=400", "data.batch_size=1")
     served, drops = drain(blender)
     assert served == ["ok"] and drops == {"too_short": 1, "too_long": 1, "non_text": 1}
+
+
+def test_unpacked_stream_serves_whole_task_documents(make, tmp_path):
+    from rl.tasks import parse_line
+
+    lines = (Path(__file__).resolve().parents[1] / "data" / "humaneval_sample.jsonl").read_text().splitlines()
+    path = write_jsonl(tmp_path / "tasks.jsonl", lines * 2)
+    blender = make(*jsonl_source(path, text_field="*"), "data.pack=false", "data.batch_size=2", "data.transforms=[]")
+    served = []
+    for step in range(3):
+        shards = [blender.batch(step, shard, 2) for shard in range(2)]
+        assert [len(s["documents"]) for s in shards] == [1, 1] and "input_ids" not in shards[0]
+        served += [parse_line(d["text"], d["id"]).id for s in shards for d in s["documents"]]
+    assert served == ["Sample/0", "Sample/1", "Sample/2"] * 2
+    with pytest.raises(EndOfData):
+        blender.batch(3)
+
+
+def test_linear_task_generator_makes_tasks_their_own_solution_passes(make):
+    from rl.tasks import parse_line
+
+    blender = make('data.sources=[{"name": "linear", "type": "generator", "generator": "linear_tasks"}]',
+                   "data.pack=false", "data.batch_size=4", "data.transforms=[]")
+    for doc in blender.batch(0)["documents"]:
+        task = parse_line(doc["text"], doc["id"])
+        namespace = {}
+        exec(task.prefix + task.solution, namespace)
+        namespace["candidate"] = namespace["f"]
+        for case, _ in task.cases:
+            exec(case, namespace)

@@ -12,7 +12,7 @@ from runtime.config import load_config
 
 def test_rewarded_completion_gains_and_penalised_one_loses(tiny_model):
     cfg = load_config("default", ["placement.trainer.replicas=1", "rl.prompts_per_step=2", "rl.group_size=2",
-                                  "rl.lr=1e-3"])
+                                  "rl.lr=1e-3", "rl.updates_per_step=1"])
     shard = TrainerShard(cfg, str(tiny_model), 0, 1, "test/trainer/0")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

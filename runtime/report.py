@@ -1,0 +1,45 @@
+"""The end of a run: a table of stages on stdout, and RUN_DIR/plot.png of loss, reward and pass@1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [("stage", "{}"), ("steps", "{}"), ("pass@1", "{:.3f}"), ("tokens/s", "{:.0f}"), ("wall s", "{:.1f}")]
+
+
+def table(stages: list[dict[str, Any]]) -> str:
+    """One row per stage: its steps, pass@1 after it, training tokens/s and wall time."""
+    rows = [[fmt.format(value) if value is not None else "-" for (_, fmt), value in
+             zip(COLUMNS, (s["stage"], s["steps"], s["pass_at_1"], s.get("tokens_per_s"), s["wall_s"]))]
+            for s in stages]
+    widths = [max(len(name), *(len(r[i]) for r in rows)) for i, (name, _) in enumerate(COLUMNS)]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line([name for name, _ in COLUMNS]), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def plot(records: list[dict[str, Any]], stages: list[dict[str, Any]], path: Path) -> Path:
+    """Three panels: training loss per step (pre-training, SFT, RL), RL reward per step, pass@1 per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss, reward, passed) = plt.subplots(1, 3, figsize=(14, 4))
+    offset = 0
+    for stage in ("pretrain", "sft", "rl"):
+        rows = [r for r in records if r.get("stage") == stage and "loss" in r]
+        if rows:
+            loss.plot([offset + i + 1 for i in range(len(rows))], [r["loss"] for r in rows], label=stage)
+            offset += len(rows)
+    loss.set(title="training loss", xlabel="step")
+    loss.legend()
+    rl = [r for r in records if r.get("stage") == "rl"]
+    reward.plot([r["step"] for r in rl], [r["reward"] for r in rl], marker=".")
+    reward.set(title="RL reward (mean over rollouts)", xlabel="RL step", ylim=(0, 1))
+    passed.bar([s["stage"] for s in stages], [s["pass_at_1"] for s in stages])
+    passed.set(title="pass@1 on held-out tasks, after each stage", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

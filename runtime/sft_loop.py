@@ -1,0 +1,29 @@
+"""The optional SFT stage: the task stream's reference solutions, loss on the solution only.
+
+Each step takes the task blender's next step (the same stream RL continues from), trains every
+shard on its share, and the stage ends by publishing one version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from runtime.config import FactoryConfig
+
+
+def run_sft(actors: dict[str, Any], cfg: FactoryConfig, version: int, record) -> list[dict[str, Any]]:
+    """`sft.steps` steps on the task stream's next steps, then `version` to every server."""
+    from tqdm import tqdm
+
+    history = []
+    with tqdm(range(cfg.sft.steps), desc="sft") as bar:
+        for step in bar:
+            examples = [{"prompt": t.prompt, "completion": t.solution + "\n"} for t in actors["task_stream"].next()]
+            history.append({"stage": "sft", **actors["trainers"].sft_step(examples), "step": step + 1})
+            record(history[-1])
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+    ray.get(actors["broadcaster"].publish.remote(version, [actors["trainers"].weights_ref()]),
+            timeout=cfg.weights.publish_timeout_s)
+    return history
