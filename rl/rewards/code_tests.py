@@ -14,7 +14,6 @@ what it can do to the host, not what it can claim about itself.
 from __future__ import annotations
 
 import itertools
-import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from rl.tasks import CodeTask
 from runtime.sandbox import Execution, ExecutionResult, Status
 
 HEADER = """\
-import json as _factory_json, sys as _factory_sys
-_factory_report = (lambda nonce: lambda rows: print(nonce + _factory_json.dumps(rows), flush=True))(
+import sys as _factory_sys
+_factory_report = (lambda nonce: lambda rows: print(nonce + "".join("1" if r else "0" for r in rows), flush=True))(
     _factory_sys.stdin.readline().strip())
 """
 
@@ -51,8 +50,8 @@ _factory_run({cases!r}, {candidate!r}, {entry_point!r})
 
 
 GROUP_RUNNER = """\
-import ctypes as _c, json as _j, os as _os, sys as _sys, time as _t
-_c.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+import _ctypes, os as _os, sys as _sys, time as _t
+_ctypes.call_function(_ctypes.dlsym(_ctypes.dlopen(None, 2), "prctl"), (4, 0, 0, 0, 0))  # PR_SET_DUMPABLE 0
 
 
 def _factory_line():
@@ -87,7 +86,8 @@ def _factory_child(source, nonce, cases, candidate, entry_point):
                 rows.append(ok)
     except BaseException:
         rows = None
-    _sys.stdout.write("\\n" + nonce + _j.dumps(rows) + "\\n")
+    report = "!" if rows is None else "".join("1" if r else "0" for r in rows)
+    _sys.stdout.write("\\n" + nonce + report + "\\n")
     _sys.stdout.flush()
     _os._exit(0)
 
@@ -141,11 +141,17 @@ def execution(task: CodeTask, completion: str, timeout_s: float | None = None) -
     return Execution(program(task, completion), stdin=nonce + "\n", timeout_s=timeout_s), nonce
 
 
+def report_rows(stdout: str, nonce: str) -> list[bool] | str | None:
+    """The last report keyed by `nonce`: one 1/0 per counted case, "!" (did not run), or None (none)."""
+    reports = [line[len(nonce):].strip() for line in stdout.splitlines() if line.startswith(nonce)]
+    if not reports or (reports[-1] != "!" and set(reports[-1]) - {"0", "1"}):
+        return None
+    return reports[-1] if reports[-1] == "!" else [c == "1" for c in reports[-1]]
+
+
 def score(result: ExecutionResult, nonce: str) -> CodeReward:
-    rows = None
-    if result.status == Status.OK:
-        reports = [line[len(nonce):] for line in result.stdout.splitlines() if line.startswith(nonce)]
-        rows = json.loads(reports[-1]) if reports else None
+    rows = report_rows(result.stdout, nonce) if result.status == Status.OK else None
+    rows = rows if isinstance(rows, list) else None
     if not rows:
         return CodeReward(False, 0.0, result.status.value, len(rows or []))
     return CodeReward(all(rows), sum(rows) / len(rows), result.status.value, len(rows))
@@ -192,16 +198,13 @@ def group_execution(task: CodeTask, completions: list[str], timeout_s: float | N
 
 def group_score(result: ExecutionResult, nonces: list[str]) -> list[CodeReward | None]:
     """Each child's reward from its report line; None where a child left none."""
-    lines = result.stdout.splitlines()
     rewards: list[CodeReward | None] = []
     for nonce in nonces:
-        reports = [line[len(nonce):] for line in lines if line.startswith(nonce)]
-        if not reports:
+        rows = report_rows(result.stdout, nonce)
+        if rows is None:
             rewards.append(None)
-            continue
-        rows = json.loads(reports[-1])
-        if not rows:  # null: the completion did not compile or run
+        elif rows == "!" or not rows:  # the completion did not compile or run
             rewards.append(CodeReward(False, 0.0, Status.FAILED.value, 0))
-            continue
-        rewards.append(CodeReward(all(rows), sum(rows) / len(rows), Status.OK.value, len(rows)))
+        else:
+            rewards.append(CodeReward(all(rows), sum(rows) / len(rows), Status.OK.value, len(rows)))
     return rewards

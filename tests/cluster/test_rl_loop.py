@@ -56,3 +56,17 @@ def test_sft_lowers_the_loss_on_reference_solutions_and_publishes(actors):
     history = run_sft(started, cfg, version=11, record=lambda _: None)
     assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"], [h["loss"] for h in history]
     assert set(started["pool"].versions().values()) == {11}
+
+
+def test_chunked_rollouts_keep_every_task_in_order(actors):
+    from runtime.rl_loop import collect
+
+    cfg, started = actors
+    stream = started["task_stream"]
+    cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"rollout_chunks": 3})})
+    step = stream.step
+    groups = collect(started, cfg)
+    stream.step = step  # the same step again, whole
+    whole = collect(started, cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"rollout_chunks": 1})}))
+    assert [g.task.id for g in groups] == [g.task.id for g in whole] and len(groups) == cfg.rl.prompts_per_step
+    assert all(len(g.result.completions) == cfg.rl.group_size == len(g.statuses) == len(g.rewards) for g in groups)
