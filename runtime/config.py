@@ -466,6 +466,9 @@ class FactoryConfig(Section):
         if shards and rows % (shards * self.rl.updates_per_step):
             raise ValueError(f"rl.prompts_per_step x rl.group_size ({rows}) must divide evenly over "
                              f"placement.trainer.replicas x rl.updates_per_step ({shards} x {self.rl.updates_per_step})")
+        if shards and self.sft.steps and self.rl.prompts_per_step % shards:
+            raise ValueError(f"rl.prompts_per_step ({self.rl.prompts_per_step}) must divide evenly over "
+                             f"placement.trainer.replicas ({shards}) for sft.steps: each SFT step trains on one step of tasks")
         return self
 
     def to_yaml(self) -> str:

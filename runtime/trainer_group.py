@@ -40,30 +40,20 @@ class TrainerGroup:
     def train_step(self, blender, step: int) -> dict[str, Any]:
         """Every shard trains on its part of `step`; returns the step's metrics over the group."""
         timeout = self.cfg.train.batch_timeout_s + self.cfg.train.group_timeout_s
-        metrics = ray.get([s.train_on.remote(blender, step) for s in self.shards], timeout=timeout)
-        return {"step": metrics[0]["step"], "loss": statistics.fmean(m["loss"] for m in metrics),
-                "grad_norm": metrics[0]["grad_norm"], "lr": metrics[0]["lr"],
-                "tokens": sum(m["tokens"] for m in metrics),
-                "tokens_per_s": sum(m["tokens_per_s"] for m in metrics)}
+        return merged(ray.get([s.train_on.remote(blender, step) for s in self.shards], timeout=timeout))
 
     def rl_step(self, experience: list[dict[str, Any]]) -> dict[str, Any]:
         """Rows i, i + n, ... go to shard i (the config makes them split evenly)."""
-        timeout = self.cfg.train.group_timeout_s + 120
-        metrics = ray.get([s.rl_step.remote(experience[i :: self.size]) for i, s in enumerate(self.shards)],
-                          timeout=timeout)
-        return {"step": metrics[0]["step"], "loss": statistics.fmean(m["loss"] for m in metrics),
-                "grad_norm": metrics[0]["grad_norm"], "tis_weight": statistics.fmean(m["tis_weight"] for m in metrics),
-                "lr": metrics[0]["lr"], "tokens": sum(m["tokens"] for m in metrics),
-                "tokens_per_s": sum(m["tokens_per_s"] for m in metrics)}
+        return self._split("rl_step", experience)
 
     def sft_step(self, examples: list[dict[str, str]]) -> dict[str, Any]:
-        """Examples i, i + n, ... go to shard i; every shard needs at least one."""
+        """Examples i, i + n, ... go to shard i (the config makes them split evenly)."""
+        return self._split("sft_step", examples)
+
+    def _split(self, method: str, rows: list) -> dict[str, Any]:
         timeout = self.cfg.train.group_timeout_s + 120
-        metrics = ray.get([s.sft_step.remote(examples[i :: self.size]) for i, s in enumerate(self.shards)],
-                          timeout=timeout)
-        return {"step": metrics[0]["step"], "loss": statistics.fmean(m["loss"] for m in metrics),
-                "grad_norm": metrics[0]["grad_norm"], "tokens": sum(m["tokens"] for m in metrics),
-                "tokens_per_s": sum(m["tokens_per_s"] for m in metrics)}
+        calls = [getattr(s, method).remote(rows[i :: self.size]) for i, s in enumerate(self.shards)]
+        return merged(ray.get(calls, timeout=timeout))
 
     def weights_ref(self) -> Any:
         """One object-store copy of the current weights, from rank 0 (replicas are identical)."""
@@ -80,3 +70,12 @@ class TrainerGroup:
                 pass
             ray.kill(shard)
         self.shards = []
+
+
+def merged(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step's figures over the group: rank 0's step, grad norm and lr (shared after the
+    all-reduce), the mean loss and importance weight, the summed tokens and tokens/s."""
+    out = {k: metrics[0][k] for k in ("step", "grad_norm", "lr") if k in metrics[0]}
+    out.update({k: statistics.fmean(m[k] for m in metrics) for k in ("loss", "tis_weight") if k in metrics[0]})
+    out.update({k: sum(m[k] for m in metrics) for k in ("tokens", "tokens_per_s")})
+    return out

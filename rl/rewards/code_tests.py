@@ -28,11 +28,8 @@ _factory_report = (lambda nonce: lambda rows: print(nonce + "".join("1" if r els
     _factory_sys.stdin.readline().strip())
 """
 
-RUNNER = """
-def _factory_run(cases, candidate, entry_point):
-    namespace = dict(globals())
-    if candidate:
-        namespace[candidate] = namespace[entry_point]
+CASES = """
+def _factory_cases(namespace, cases):
     rows, broken = [], False
     for source, counted in cases:
         ok = False
@@ -44,12 +41,20 @@ def _factory_run(cases, candidate, entry_point):
                 broken = not counted
         if counted:
             rows.append(ok)
-    _factory_report(rows)
+    return rows
+"""
+
+RUNNER = CASES + """
+def _factory_run(cases, candidate, entry_point):
+    namespace = dict(globals())
+    if candidate:
+        namespace[candidate] = namespace[entry_point]
+    _factory_report(_factory_cases(namespace, cases))
 _factory_run({cases!r}, {candidate!r}, {entry_point!r})
 """
 
 
-GROUP_RUNNER = """\
+GROUP_RUNNER = CASES + """\
 import _ctypes, os as _os, sys as _sys, time as _t
 _ctypes.call_function(_ctypes.dlsym(_ctypes.dlopen(None, 2), "prctl"), (4, 0, 0, 0, 0))  # PR_SET_DUMPABLE 0
 
@@ -68,22 +73,11 @@ def _factory_child(source, nonce, cases, candidate, entry_point):
     _os.close(0)
     _os.setpgid(0, 0)
     namespace = {{"__name__": "__main__"}}
-    rows = []
     try:
         exec(compile(source, "<completion>", "exec"), namespace)
         if candidate:
             namespace[candidate] = namespace[entry_point]
-        broken = False
-        for case, counted in cases:
-            ok = False
-            if not broken:
-                try:
-                    exec(case, namespace)
-                    ok = True
-                except BaseException:
-                    broken = not counted
-            if counted:
-                rows.append(ok)
+        rows = _factory_cases(namespace, cases)
     except BaseException:
         rows = None
     report = "!" if rows is None else "".join("1" if r else "0" for r in rows)
