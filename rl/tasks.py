@@ -2,6 +2,7 @@
 
 HumanEval lines: task_id, prompt, canonical_solution, test, entry_point.
 MBPP lines: text, code, test_list (and task_id, test_setup_code if present).
+Answer lines (`parse_line` only, for the RL task stream): prompt, answer (and task_id or id).
 A malformed line is a TaskFileError naming the file and the line.
 """
 
@@ -18,6 +19,7 @@ from runtime.errors import FactoryError
 
 HUMANEVAL_KEYS = {"task_id", "prompt", "canonical_solution", "test", "entry_point"}
 MBPP_KEYS = {"text", "code", "test_list"}
+ANSWER_KEYS = {"prompt", "answer"}
 
 
 class TaskFileError(FactoryError):
@@ -44,6 +46,15 @@ class CodeTask:
     entry_point: str | None = None
 
 
+@dataclass
+class AnswerTask:
+    """A question whose completion is judged by its final answer (rl/rewards/exact_answer.py)."""
+
+    id: str
+    prompt: str
+    answer: str
+
+
 def load_tasks(path: str | Path) -> list[CodeTask]:
     return list(iter_tasks(path))
 
@@ -56,10 +67,13 @@ def iter_tasks(path: str | Path) -> Iterator[CodeTask]:
     with opener(path, "rt", encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if line.strip():
-                yield parse_line(line, f"{path}:{number}")
+                task = parse_line(line, f"{path}:{number}")
+                if not isinstance(task, CodeTask):
+                    raise TaskFileError(f"{path}:{number}: an answer task; a code task file needs HumanEval or MBPP lines")
+                yield task
 
 
-def parse_line(line: str, where: str) -> CodeTask:
+def parse_line(line: str, where: str) -> CodeTask | AnswerTask:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -73,8 +87,11 @@ def parse_line(line: str, where: str) -> CodeTask:
             return mbpp_task(row, where)
     except (SyntaxError, TypeError, ValueError) as exc:
         raise TaskFileError(f"{where}: {exc}") from None
-    raise TaskFileError(f"{where}: neither HumanEval ({', '.join(sorted(HUMANEVAL_KEYS))}) "
-                        f"nor MBPP ({', '.join(sorted(MBPP_KEYS))}); keys: {', '.join(sorted(row))}")
+    if ANSWER_KEYS <= row.keys():
+        return AnswerTask(str(row.get("task_id", row.get("id", where))), str(row["prompt"]), str(row["answer"]))
+    raise TaskFileError(f"{where}: neither HumanEval ({', '.join(sorted(HUMANEVAL_KEYS))}), "
+                        f"MBPP ({', '.join(sorted(MBPP_KEYS))}) nor an answer task ({', '.join(sorted(ANSWER_KEYS))}); "
+                        f"keys: {', '.join(sorted(row))}")
 
 
 def humaneval_task(row: dict) -> CodeTask:

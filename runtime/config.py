@@ -231,7 +231,8 @@ class SourceConfig(Section):
     paths: list[str] = []
     """Files or globs for jsonl and parquet, read in sorted order."""
     generator: str | None = None
-    """Registered generator for type generator: python_functions, arithmetic, corpus or function_examples."""
+    """Registered generator for type generator: python_functions, arithmetic, corpus, function_examples,
+    or the task generators linear_tasks (code tests) and arithmetic_tasks (exact answers)."""
     weight: float = Field(1.0, ge=0)
     """Mixture weight; weights are normalised over the sources that still have data."""
     text_field: str = "text"
@@ -365,7 +366,8 @@ class TrainConfig(Section):
 
 class TaskStreamConfig(Section):
     """Where RL tasks come from: a blender whose documents are tasks, one JSON object each, in
-    HumanEval or MBPP format (task files: a `jsonl` source with `text_field: "*"`)."""
+    HumanEval or MBPP format (judged by code tests in the sandbox) or {prompt, answer} (judged by
+    the exact answer). Task files: a `jsonl` source with `text_field: "*"`."""
 
     sources: list[SourceConfig] = [SourceConfig(name="linear", type="generator", generator="linear_tasks")]
     """Task sources, mixed by weight like the pre-training blend."""

@@ -24,6 +24,13 @@ def arithmetic(rng: random.Random) -> str:
     return f"{a} {op} {b} = {eval(f'{a} {op} {b}')}\n"
 
 
+def arithmetic_task(rng: random.Random) -> dict[str, str]:
+    """An RL task with an exact answer: the arithmetic line without its result."""
+    line = arithmetic(rng)
+    question, answer = line.rsplit(" = ", 1)
+    return {"task_id": f"arithmetic/{question}", "prompt": f"{question} =", "answer": answer.strip()}
+
+
 def corpus(seed: int, n_docs: int) -> Iterator[str]:
     """`n_docs` documents, alternating kinds at random; the same seed gives the same text."""
     rng = random.Random(seed)

@@ -28,18 +28,22 @@ import torch
 from rl import procedural
 from rl.grpo import group_advantages
 from rl.rewards.code_tests import code_test_rewards
-from rl.tasks import CodeTask, parse_line
+from rl.rewards.exact_answer import exact_answer_reward
+from rl.tasks import AnswerTask, CodeTask, parse_line
 from runtime.config import FactoryConfig, SamplingConfig
 from runtime.errors import FactoryError
 from runtime.generation import GenerationRequest, GenerationResult, Workload
 from runtime.metrics import RLMetrics
 
 
+Task = CodeTask | AnswerTask
+
+
 @dataclass
 class Group:
     """One task's completions, their rewards, and the version that sampled them."""
 
-    task: CodeTask
+    task: Task
     result: GenerationResult
     rewards: torch.Tensor
     statuses: list[str]
@@ -126,28 +130,35 @@ class TaskStream:
     def __init__(self, blender, cfg: FactoryConfig):
         self.blender, self.timeout, self.step = blender, cfg.data.batch_timeout_s + 30, 0
 
-    def next(self) -> list[CodeTask]:
+    def next(self) -> list[Task]:
         batch = ray.get(self.blender.batch.remote(self.step), timeout=self.timeout)
         self.step += 1
         return [parse_line(d["text"], f"task source {d['source']}, document {d['id']}") for d in batch["documents"]]
 
 
-def sample(pool, tasks: list[CodeTask], cfg: FactoryConfig, n: int, workload: Workload,
+def sample(pool, tasks: list[Task], cfg: FactoryConfig, n: int, workload: Workload,
            sampling: SamplingConfig | None = None) -> list[GenerationResult]:
     """n completions per task; by default one line each (the returned expression), at rl.temperature."""
     sampling = sampling or SamplingConfig(n=n, temperature=cfg.rl.temperature, max_tokens=cfg.rl.max_tokens, stop=["\n"])
     return pool.generate([GenerationRequest(prompt=t.prompt, sampling=sampling, workload=workload) for t in tasks])
 
 
-def score(sandbox, tasks: list[CodeTask], results: list[GenerationResult]) -> tuple[torch.Tensor, list[list[str]]]:
-    """[tasks, n] 1.0 where the completion passes every test of its task (a task's completions
-    share one sandbox execution, each in its own forked process), and each one's sandbox status.
-    A completion is scored by its first line: the returned expression."""
+def score(sandbox, tasks: list[Task], results: list[GenerationResult]) -> tuple[torch.Tensor, list[list[str]]]:
+    """[tasks, n] rewards and each completion's status. A completion is scored by its first line.
+    Code tasks: 1.0 when it passes every test, in the sandbox pool (a task's completions share one
+    execution, each in its own forked process). Answer tasks: the exact-answer reward (status `exact`)."""
     pairs = [(t, c.text.split("\n", 1)[0]) for t, r in zip(tasks, results) for c in r.completions]
-    rewards = code_test_rewards(sandbox, [t for t, _ in pairs], [c for _, c in pairs], grouped=True)
+    scored: list[tuple[float, str]] = [(0.0, "")] * len(pairs)
+    code = [i for i, (t, _) in enumerate(pairs) if isinstance(t, CodeTask)]
+    tested = code_test_rewards(sandbox, [pairs[i][0] for i in code], [pairs[i][1] for i in code], grouped=True)
+    for i, reward in zip(code, tested):
+        scored[i] = (float(reward.passed), reward.status)
+    for i, (task, completion) in enumerate(pairs):
+        if isinstance(task, AnswerTask):
+            scored[i] = (exact_answer_reward(completion, task.answer), "exact")
     n = len(pairs) // max(1, len(tasks))
-    statuses = [[r.status for r in rewards[i * n : (i + 1) * n]] for i in range(len(tasks))]
-    return torch.tensor([float(r.passed) for r in rewards]).view(len(tasks), -1), statuses
+    statuses = [[st for _, st in scored[i * n : (i + 1) * n]] for i in range(len(tasks))]
+    return torch.tensor([r for r, _ in scored]).view(len(tasks), -1), statuses
 
 
 def pass_at_1(actors: dict[str, Any], cfg: FactoryConfig) -> float:

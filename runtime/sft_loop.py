@@ -10,6 +10,7 @@ from typing import Any
 
 import ray
 
+from rl.tasks import AnswerTask
 from runtime.config import FactoryConfig
 
 
@@ -20,10 +21,15 @@ def run_sft(actors: dict[str, Any], cfg: FactoryConfig, version: int, record) ->
     history = []
     with tqdm(range(cfg.sft.steps), desc="sft") as bar:
         for step in bar:
-            examples = [{"prompt": t.prompt, "completion": t.solution + "\n"} for t in actors["task_stream"].next()]
+            examples = [{"prompt": t.prompt, "completion": reference(t)} for t in actors["task_stream"].next()]
             history.append({"stage": "sft", **actors["trainers"].sft_step(examples), "step": step + 1})
             record(history[-1])
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
     ray.get(actors["broadcaster"].publish.remote(version, [actors["trainers"].weights_ref()]),
             timeout=cfg.weights.publish_timeout_s)
     return history
+
+
+def reference(task) -> str:
+    """What the model should write after the prompt: the canonical code, or the answer; one line."""
+    return f" {task.answer}\n" if isinstance(task, AnswerTask) else task.solution + "\n"

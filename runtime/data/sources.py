@@ -45,6 +45,7 @@ def _linear_task(rng: random.Random) -> str:
 GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "function_examples": _function_example,
     "linear_tasks": _linear_task,
+    "arithmetic_tasks": lambda rng: json.dumps(corpus.arithmetic_task(rng)),
     "python_functions": corpus.python_function,
     "arithmetic": corpus.arithmetic,
     "corpus": lambda rng: corpus.python_function(rng) if rng.random() < 0.5 else corpus.arithmetic(rng),

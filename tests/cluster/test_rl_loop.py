@@ -70,3 +70,29 @@ def test_chunked_rollouts_keep_every_task_in_order(actors):
     whole = collect(started, cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"rollout_chunks": 1})}))
     assert [g.task.id for g in groups] == [g.task.id for g in whole] and len(groups) == cfg.rl.prompts_per_step
     assert all(len(g.result.completions) == cfg.rl.group_size == len(g.statuses) == len(g.rewards) for g in groups)
+
+
+def test_a_task_stream_mixing_code_and_answer_tasks_is_scored_per_kind(actors):
+    import ray
+
+    from actors.data_blender import DataBlender
+    from runtime.driver import task_stream_config
+    from runtime.rl_loop import TaskStream, collect
+
+    cfg, started = actors
+    mixed = cfg.rl.tasks.model_copy(update={"sources": [
+        {"name": "linear", "type": "generator", "generator": "linear_tasks", "weight": 0.5},
+        {"name": "arithmetic", "type": "generator", "generator": "arithmetic_tasks", "weight": 0.5}]})
+    cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"tasks": type(cfg.rl.tasks).model_validate(
+        mixed.model_dump()), "prompts_per_step": 8})})
+    blender = ray.remote(DataBlender).options(name="test-rl/tasks/1").remote(task_stream_config(cfg), "tasks-mixed")
+    ray.get(blender.setup.remote(), timeout=120)
+    try:
+        groups = collect({**started, "task_stream": TaskStream(blender, cfg)}, cfg)
+    finally:
+        ray.kill(blender)
+    kinds = {}
+    for g in groups:
+        kinds.setdefault(type(g.task).__name__, set()).update(g.statuses)
+    assert set(kinds) == {"CodeTask", "AnswerTask"} and kinds["AnswerTask"] == {"exact"}
+    assert "exact" not in kinds["CodeTask"]

@@ -1,0 +1,63 @@
+"""RL scoring of a step: code tasks through the real sandbox, answer tasks by their exact answer."""
+
+import json
+import random
+
+import pytest
+
+from rl.procedural import task_record
+from rl.tasks import AnswerTask, CodeTask, TaskFileError, parse_line
+from runtime.config import SandboxConfig
+from runtime.corpus import arithmetic_task
+from runtime.generation import Completion, GenerationResult
+from runtime.rl_loop import score
+from runtime.sandbox import make_backend
+from runtime.sft_loop import reference
+
+
+class LocalRunner:
+    def __init__(self, backend):
+        self.backend = backend
+
+    def run(self, executions):
+        return [self.backend.run(e, slot=0) for e in executions]
+
+
+@pytest.fixture(scope="module")
+def runner():
+    backend = make_backend(SandboxConfig(timeout_s=5), tag="rl-scoring")
+    backend.check()
+    yield LocalRunner(backend)
+    backend.close()
+
+
+def result(*texts):
+    return GenerationResult("r", "p", [1], [Completion(t, [1], [0.0], "stop") for t in texts], version=3, server="s")
+
+
+def test_a_step_mixing_code_and_answer_tasks_scores_each_its_own_way(runner):
+    code = parse_line(json.dumps(task_record(random.Random(0))), "doc 0")
+    answer = parse_line(json.dumps(arithmetic_task(random.Random(0))), "doc 1")
+    assert isinstance(code, CodeTask) and isinstance(answer, AnswerTask)
+    rewards, statuses = score(runner, [code, answer], [
+        result(code.solution, " x +", code.solution + "\nprint('ignored: only the first line counts')"),
+        result(f" {answer.answer}", " 0.5", f" {answer.answer}\n1 + 1 = 3"),
+    ])
+    assert rewards.tolist() == [[1.0, 0.0, 1.0], [1.0, float(answer.answer == "0.5"), 1.0]]
+    assert statuses == [["ok", "failed", "ok"], ["exact"] * 3]
+
+
+def test_answer_tasks_parse_and_give_sft_their_answer():
+    task = parse_line('{"id": "q1", "prompt": "2 + 2 =", "answer": "4"}', "tasks.jsonl:1")
+    assert task == AnswerTask("q1", "2 + 2 =", "4") and reference(task) == " 4\n"
+    with pytest.raises(TaskFileError, match=r"tasks.jsonl:2: neither HumanEval .* nor an answer task"):
+        parse_line('{"prompt": "2 + 2 ="}', "tasks.jsonl:2")
+
+
+def test_a_code_task_file_refuses_answer_tasks_by_line(tmp_path):
+    from rl.tasks import load_tasks
+
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps(task_record(random.Random(0))) + "\n" + '{"prompt": "1 + 1 =", "answer": "2"}\n')
+    with pytest.raises(TaskFileError, match=rf"{path}:2: an answer task"):
+        load_tasks(path)
