@@ -85,8 +85,9 @@ class TrainerShard:
         started = time.perf_counter()
         ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
         segments = torch.as_tensor(batch["segment_ids"], dtype=torch.long)
-        logits = self.ddp(ids, attention_mask=segment_attention_mask(segments),
-                          position_ids=segment_positions(segments)).logits
+        with self._autocast():
+            logits = self.ddp(ids, attention_mask=segment_attention_mask(segments),
+                              position_ids=segment_positions(segments)).logits
         loss, per_row = sft_loss(logits, ids, segments)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -116,7 +117,8 @@ class TrainerShard:
         rows = [{**r, "logprobs": [0.0] * len(r["completion_ids"]), "advantage": 0.0} for r in rows]
         ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
         mask = completion[:, 1:].float()
-        loss = -(token_logprobs(self.ddp, ids, attention) * mask).sum() / mask.sum().clamp(min=1)
+        with self._autocast():
+            loss = -(token_logprobs(self.ddp, ids, attention) * mask).sum() / mask.sum().clamp(min=1)
         self.sft_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
@@ -150,7 +152,8 @@ class TrainerShard:
         weights = torch.zeros_like(sampler[:, 1:])
         losses, norms = [], []
         for first, rows in zip([True] + [False] * len(chunks), chunks):
-            logp = token_logprobs(self.ddp, ids[rows], attention[rows])
+            with self._autocast():
+                logp = token_logprobs(self.ddp, ids[rows], attention[rows])
             if first:  # nothing has changed yet: this forward is the starting policy's
                 old[rows] = logp.detach()
             weights[rows] = truncated_importance_weights(old[rows], sampler[rows, 1:], cap=rl.tis_cap, mask=mask[rows])
@@ -176,12 +179,20 @@ class TrainerShard:
         import torch
 
         old = torch.zeros(ids.shape[0], ids.shape[1] - 1)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             if len(chunks) > 1:
                 later = torch.cat(chunks[1:])
                 old[later] = token_logprobs(self.model, ids[later], attention[later])
             ref = token_logprobs(reference, ids, attention) if reference is not None else None
         return old, ref
+
+    def _autocast(self):
+        """bf16 autocast of forward and backward when `train.precision` is bf16; weights, optimizer
+        state and published versions stay fp32."""
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.train.precision == "bf16")
 
     def _rl_state(self):
         """The RL stage's own AdamW, warm-up and (with kl_coef) frozen reference, made on its first step.

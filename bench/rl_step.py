@@ -3,8 +3,10 @@
 Same model (the tiny ~0.5M and, without --quick, the small ~10M built one), same tasks (the procedural "write f" stream), same batch
 (P prompts x G completions per step), same length (every completion runs to exactly T tokens:
 vLLM `ignore_eos` here, `min_new_tokens` in TRL), one optimizer update per step, no reference
-model (beta 0), and the same reward: the task's code tests in the bubblewrap sandbox, a task's
-completions grouped into one execution, with as many sandbox slots on both sides.
+model (beta 0), the same precision (fp32 on both sides; without --quick also bf16 autocast
+on both: TRL's own default is bf16, `train.precision=bf16` here), and the same reward: the
+task's code tests in the bubblewrap sandbox, a task's completions grouped into one execution,
+with as many sandbox slots on both sides.
 
 The factory's step is the RL loop's own (`runtime.rl_loop.collect`, `train_and_publish`):
 rollouts from 2 vLLM servers in chunks, each scored in the sandbox pool while the next is
@@ -57,7 +59,7 @@ def cut(text: str) -> str:
 # ---- the factory ---------------------------------------------------------------------------
 
 
-def factory_samples_per_s(model_path: Path, s: dict[str, int]) -> float:
+def factory_samples_per_s(model_path: Path, s: dict[str, int], precision: str) -> float:
     import ray
 
     from runtime.config import SamplingConfig, load_config
@@ -68,7 +70,7 @@ def factory_samples_per_s(model_path: Path, s: dict[str, int]) -> float:
     run_dir = tempfile.mkdtemp(prefix="bench-rl-")
     cfg = load_config("default", [f"model.path={model_path}", f"experiment.run_dir={run_dir}", "experiment.name=bench-rl",
                                   f"rl.prompts_per_step={s['prompts']}", f"rl.group_size={s['group']}",
-                                  "rl.updates_per_step=1"])
+                                  "rl.updates_per_step=1", f"train.precision={precision}"])
     actors = start_actors(cfg, model_path, Path(run_dir))
     sampling = SamplingConfig(n=s["group"], temperature=1.0, max_tokens=s["tokens"], ignore_eos=True)
     actors["task_stream"] = BenchTasks(s["prompts"])
@@ -116,11 +118,11 @@ def ensure_trl_env() -> tuple[Path | None, str]:
     return python, "installed"
 
 
-def trl_samples_per_s(model_path: Path, s: dict[str, int]) -> tuple[float | None, str]:
+def trl_samples_per_s(model_path: Path, s: dict[str, int], precision: str) -> tuple[float | None, str]:
     python, why = ensure_trl_env()
     if python is None:
         return None, why
-    out = subprocess.run([python, __file__, "--trl-worker", str(model_path), json.dumps(s)],
+    out = subprocess.run([python, __file__, "--trl-worker", str(model_path), json.dumps({**s, "precision": precision})],
                          capture_output=True, text=True, timeout=1800)
     lines = out.stdout.strip().splitlines()
     if out.returncode or not lines:
@@ -162,6 +164,7 @@ def trl_worker(model_path: str, s: dict[str, int]) -> None:
     args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=s["prompts"] * s["group"],
                       num_generations=s["group"], max_completion_length=s["tokens"], max_steps=s["steps"],
                       learning_rate=1e-4, beta=0.0, temperature=1.0, use_cpu=True, report_to=[], save_strategy="no",
+                      bf16=s["precision"] == "bf16", fp16=False,
                       logging_steps=1, shuffle_dataset=False, generation_kwargs={"min_new_tokens": s["tokens"]})
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer, callbacks=[Stamp()])
@@ -199,13 +202,14 @@ def main() -> None:
     cache, rows = Path(tempfile.mkdtemp(prefix="bench-models-")), []
     for preset in (args.models or ("tiny" if args.quick else "tiny,small")).split(","):
         model = ensure_built(BuildConfig(preset=preset), 0, cache)
-        trl, trl_status = trl_samples_per_s(model, s)
-        ours = factory_samples_per_s(model, s)
-        print(f"{preset}: factory {ours:.0f} samples/s; TRL GRPOTrainer "
-              f"{f'{trl:.0f} samples/s' if trl else 'did not run: ' + trl_status}", flush=True)
-        rows.append({"model": preset, "params": count_parameters(model), "factory_samples_per_s": round(ours, 1),
-                     "trl_samples_per_s": trl and round(trl, 1), "ratio": round(ours / trl, 2) if trl else None,
-                     "trl": trl_status})
+        for precision in ["fp32"] if args.quick else ["fp32", "bf16"]:
+            trl, trl_status = trl_samples_per_s(model, s, precision)
+            ours = factory_samples_per_s(model, s, precision)
+            print(f"{preset} {precision}: factory {ours:.0f} samples/s; TRL GRPOTrainer "
+                  f"{f'{trl:.0f} samples/s' if trl else 'did not run: ' + trl_status}", flush=True)
+            rows.append({"model": preset, "params": count_parameters(model), "precision": precision,
+                         "factory_samples_per_s": round(ours, 1), "trl_samples_per_s": trl and round(trl, 1),
+                         "ratio": round(ours / trl, 2) if trl else None, "trl": trl_status})
     print(json.dumps({"bench": "rl_step", "quick": args.quick, **s, "results": rows}))
 
 if __name__ == "__main__":

@@ -358,6 +358,9 @@ class TrainConfig(Section):
     """Global gradient-norm clip."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; auto is nccl with GPUs, else gloo."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: forward and backward under torch.autocast(bfloat16) (fast on CPUs with AVX512-BF16 or
+    AMX, and on GPUs); weights, optimizer state and published versions stay fp32."""
     group_timeout_s: float = Field(60.0, gt=0)
     """Seconds a collective may wait for a peer before the step fails."""
     batch_timeout_s: float = Field(120.0, gt=0)

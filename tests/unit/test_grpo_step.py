@@ -2,6 +2,7 @@
 
 import socket
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
@@ -10,9 +11,10 @@ from rl.procedural import answer, prompt
 from runtime.config import load_config
 
 
-def test_rewarded_completion_gains_and_penalised_one_loses(tiny_model):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_rewarded_completion_gains_and_penalised_one_loses(tiny_model, precision):
     cfg = load_config("default", ["placement.trainer.replicas=1", "rl.prompts_per_step=2", "rl.group_size=2",
-                                  "rl.lr=1e-3", "rl.updates_per_step=1"])
+                                  "rl.lr=1e-3", "rl.updates_per_step=1", f"train.precision={precision}"])
     shard = TrainerShard(cfg, str(tiny_model), 0, 1, "test/trainer/0")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

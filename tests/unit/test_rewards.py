@@ -9,28 +9,13 @@ import pytest
 from rl.rewards.code_tests import code_test_rewards
 from rl.rewards.exact_answer import exact_answer_reward, extract_answer
 from rl.tasks import TaskFileError, load_tasks
-from runtime.config import SandboxConfig
-from runtime.sandbox import make_backend
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-class LocalRunner:
-    """Runs executions one by one in a local backend (the pool does the same across workers)."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def run(self, executions):
-        return [self.backend.run(e, slot=0) for e in executions]
-
-
-@pytest.fixture(scope="module")
-def runner():
-    backend = make_backend(SandboxConfig(timeout_s=5), tag="rewards")
-    backend.check()
-    yield LocalRunner(backend)
-    backend.close()
+@pytest.fixture
+def runner(sandbox_runner):
+    return sandbox_runner
 
 
 @pytest.mark.parametrize("name", ["humaneval_sample.jsonl", "mbpp_sample.jsonl"])

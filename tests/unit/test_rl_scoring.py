@@ -7,28 +7,15 @@ import pytest
 
 from rl.procedural import task_record
 from rl.tasks import AnswerTask, CodeTask, TaskFileError, parse_line
-from runtime.config import SandboxConfig
 from runtime.corpus import arithmetic_task
 from runtime.generation import Completion, GenerationResult
 from runtime.rl_loop import score
-from runtime.sandbox import make_backend
 from runtime.sft_loop import reference
 
 
-class LocalRunner:
-    def __init__(self, backend):
-        self.backend = backend
-
-    def run(self, executions):
-        return [self.backend.run(e, slot=0) for e in executions]
-
-
-@pytest.fixture(scope="module")
-def runner():
-    backend = make_backend(SandboxConfig(timeout_s=5), tag="rl-scoring")
-    backend.check()
-    yield LocalRunner(backend)
-    backend.close()
+@pytest.fixture
+def runner(sandbox_runner):
+    return sandbox_runner
 
 
 def result(*texts):
