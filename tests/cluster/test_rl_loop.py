@@ -80,11 +80,10 @@ def test_a_task_stream_mixing_code_and_answer_tasks_is_scored_per_kind(actors):
     from runtime.rl_loop import TaskStream, collect
 
     cfg, started = actors
-    mixed = cfg.rl.tasks.model_copy(update={"sources": [
+    mixed = type(cfg.rl.tasks).model_validate({"sources": [
         {"name": "linear", "type": "generator", "generator": "linear_tasks", "weight": 0.5},
         {"name": "arithmetic", "type": "generator", "generator": "arithmetic_tasks", "weight": 0.5}]})
-    cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"tasks": type(cfg.rl.tasks).model_validate(
-        mixed.model_dump()), "prompts_per_step": 8})})
+    cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"tasks": mixed, "prompts_per_step": 8})})
     blender = ray.remote(DataBlender).options(name="test-rl/tasks/1").remote(task_stream_config(cfg), "tasks-mixed")
     ray.get(blender.setup.remote(), timeout=120)
     try:
