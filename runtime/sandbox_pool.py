@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,10 @@ from runtime.sandbox import Execution, ExecutionResult, Status
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 5.0
+
+
+class PoolStopped(FactoryError):
+    """A result was awaited from a pool whose dispatcher has stopped (shut down or crashed)."""
 
 
 class SandboxBusy(FactoryError):
@@ -117,7 +122,7 @@ class SandboxPool:
         return job.future
 
     def execute(self, execution: Execution) -> ExecutionResult:
-        return self.submit(execution).result()
+        return self._result(self.submit(execution))
 
     def health(self) -> dict[str, Any]:
         ready = [w for w in self.workers if w.state == "ready"]
@@ -126,7 +131,17 @@ class SandboxPool:
 
     def run(self, executions: list[Execution]) -> list[ExecutionResult]:
         futures = [self.submit(e) for e in executions]
-        return [f.result() for f in futures]
+        return [self._result(f) for f in futures]
+
+    def _result(self, future: Future) -> ExecutionResult:
+        """The execution's result. Every execution is bounded by the dispatcher (its timeout, the
+        stuck-worker margin, max_attempts), so this waits as long as the dispatcher lives."""
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except FutureTimeout:
+                if not self._thread.is_alive():
+                    raise PoolStopped("the sandbox pool's dispatcher is not running; no result will come") from None
 
     def stats(self) -> dict[str, Any]:
         return {"workers": {w.name: w.state for w in self.workers}, "queued": self._queue.qsize() + len(self._retry),

@@ -9,7 +9,7 @@ import ray
 
 from runtime.config import load_config
 from runtime.sandbox import Execution, Status
-from runtime.sandbox_pool import SandboxPool
+from runtime.sandbox_pool import PoolStopped, SandboxPool
 
 pytestmark = pytest.mark.cluster
 
@@ -28,6 +28,12 @@ def test_runs_a_batch_across_workers(pool):
     assert [r.stdout for r in results] == [f"{i * i}\n" for i in range(40)]
     assert {r.worker for r in results} == {"test-sandbox/sandbox/0", "test-sandbox/sandbox/1"}
     assert pool.counts["ok"] == 40
+
+
+def test_waiting_on_a_stopped_pool_raises_instead_of_hanging(pool):
+    pool.shutdown()
+    with pytest.raises(PoolStopped, match="dispatcher is not running"):
+        pool.run([Execution("print(1)")])
 
 
 def test_killing_a_worker_mid_batch_yields_one_result_per_execution(pool):
