@@ -114,7 +114,6 @@ class TrainerShard:
         started = time.perf_counter()
         rows = [{"prompt_ids": self.tokenizer(e["prompt"])["input_ids"],
                  "completion_ids": self.tokenizer(e["completion"])["input_ids"]} for e in examples]
-        rows = [{**r, "logprobs": [0.0] * len(r["completion_ids"]), "advantage": 0.0} for r in rows]
         ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
         mask = completion[:, 1:].float()
         with self._autocast():
@@ -255,7 +254,7 @@ class TrainerShard:
 
 def pad_experience(experience: list[dict[str, Any]], pad_id: int):
     """Right-padded rows of prompt + completion: ids, attention mask, completion mask, vLLM's
-    logprob at each completion token's position, and each row's advantage."""
+    logprob at each completion token's position, and each row's advantage (SFT rows have neither)."""
     import torch
 
     length = max(len(e["prompt_ids"]) + len(e["completion_ids"]) for e in experience)
@@ -267,8 +266,9 @@ def pad_experience(experience: list[dict[str, Any]], pad_id: int):
         ids[row, : p + c] = torch.tensor(e["prompt_ids"] + e["completion_ids"])
         attention[row, : p + c] = 1
         completion[row, p : p + c] = 1
-        sampler[row, p : p + c] = torch.tensor(e["logprobs"])
-    return ids, attention, completion, sampler, torch.tensor([e["advantage"] for e in experience])
+        if "logprobs" in e:
+            sampler[row, p : p + c] = torch.tensor(e["logprobs"])
+    return ids, attention, completion, sampler, torch.tensor([e.get("advantage", 0.0) for e in experience])
 
 
 def token_logprobs(model, ids, attention):

@@ -171,11 +171,9 @@ def pretrain(cfg: FactoryConfig, actors: dict[str, Any], tracker) -> dict[str, A
 
 def publish(actors: dict[str, Any], run_dir: Path, version: int) -> dict[str, int]:
     """Rank 0's weights, put once, reloaded in place by every server; saved as RUN_DIR/versions/vN."""
-    import ray
-
     from runtime.versions import version_dir
 
-    versions = ray.get(actors["broadcaster"].publish.remote(version, [actors["trainers"].weights_ref()]), timeout=600)
+    versions = actors["trainers"].publish(actors["broadcaster"], version)
     actors["trainers"].save(version_dir(run_dir, version))
     return versions
 

@@ -84,8 +84,7 @@ def train_and_publish(actors: dict[str, Any], cfg: FactoryConfig, groups: list[G
     rewards = torch.stack([g.rewards for g in groups])
     advantages = group_advantages(rewards)
     metrics = actors["trainers"].rl_step(experience(groups, advantages))
-    ray.get(actors["broadcaster"].publish.remote(version, [actors["trainers"].weights_ref()]),
-            timeout=cfg.weights.publish_timeout_s)
+    actors["trainers"].publish(actors["broadcaster"], version)
     staleness = [version - 1 - g.version for g in groups]
     tokens = sum(len(c.token_ids) for g in groups for c in g.result.completions)
     return {**metrics, "version": version, "groups": len(groups), "reward": rewards.mean().item(),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import ray
-
 from rl.tasks import AnswerTask
 from runtime.config import FactoryConfig
 
@@ -25,8 +23,7 @@ def run_sft(actors: dict[str, Any], cfg: FactoryConfig, version: int, record) ->
             history.append({"stage": "sft", **actors["trainers"].sft_step(examples), "step": step + 1})
             record(history[-1])
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-    ray.get(actors["broadcaster"].publish.remote(version, [actors["trainers"].weights_ref()]),
-            timeout=cfg.weights.publish_timeout_s)
+    actors["trainers"].publish(actors["broadcaster"], version)
     return history
 
 

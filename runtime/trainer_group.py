@@ -55,6 +55,11 @@ class TrainerGroup:
         calls = [getattr(s, method).remote(rows[i :: self.size]) for i, s in enumerate(self.shards)]
         return merged(ray.get(calls, timeout=timeout))
 
+    def publish(self, broadcaster, version: int) -> dict[str, int]:
+        """Rank 0's weights as `version`: put once, reloaded in place by every server; their versions."""
+        return ray.get(broadcaster.publish.remote(version, [self.weights_ref()]),
+                       timeout=self.cfg.weights.publish_timeout_s)
+
     def weights_ref(self) -> Any:
         """One object-store copy of the current weights, from rank 0 (replicas are identical)."""
         return self.shards[0].weights.remote()
