@@ -196,6 +196,7 @@ class AsyncRollouts:
         self.queue: queue.Queue[Group] = queue.Queue(cfg.rl.queue_steps * cfg.rl.prompts_per_step)
         self.error: BaseException | None = None
         self.dropped: collections.Counter[str] = collections.Counter()
+        self.dropped_lock = threading.Lock()  # the producer and stop() both count `unused`
         self.used = self.produced = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._produce, name="rollout-producer", daemon=True)
@@ -207,8 +208,7 @@ class AsyncRollouts:
         while len(groups) < self.cfg.rl.prompts_per_step:
             group = self._next()
             if version - group.version > self.cfg.rl.max_staleness:
-                self.dropped["stale"] += 1
-                self.metrics.dropped("stale")
+                self._drop("stale")
                 continue
             groups.append(group)
         self.used += len(groups)
@@ -233,8 +233,12 @@ class AsyncRollouts:
                 self.queue.get_nowait()
             except queue.Empty:
                 return
-            self.dropped["unused"] += 1
-            self.metrics.dropped("unused")
+            self._drop("unused")
+
+    def _drop(self, reason: str) -> None:
+        with self.dropped_lock:
+            self.dropped[reason] += 1
+        self.metrics.dropped(reason)
 
     def _next(self) -> Group:
         timeout = self.cfg.inference.request_timeout_s + self.cfg.data.batch_timeout_s
@@ -265,5 +269,4 @@ class AsyncRollouts:
                 return
             except queue.Full:
                 continue
-        self.dropped["unused"] += 1
-        self.metrics.dropped("unused")
+        self._drop("unused")
