@@ -5,7 +5,7 @@ Same model (the tiny ~0.5M and, without --quick, the small ~10M built one), same
 vLLM `ignore_eos` here, `min_new_tokens` in TRL), one optimizer update per step, no reference
 model (beta 0), the same precision (fp32 on both sides; without --quick also bf16 autocast
 on both: TRL's own default is bf16, `train.precision=bf16` here), and the same reward: the
-task's code tests in the bubblewrap sandbox, a task's completions grouped into one execution,
+task's code tests in the bubblewrap sandbox (one execution per completion, verdicts judged outside),
 with as many sandbox slots on both sides.
 
 The factory's step is the RL loop's own (`runtime.rl_loop.collect`, `train_and_publish`):
@@ -151,7 +151,7 @@ def trl_worker(model_path: str, s: dict[str, int]) -> None:
 
     def reward(prompts, completions, **_):
         found = [by_prompt[p] for p in prompts]
-        return [float(r.passed) for r in code_test_rewards(runner, found, [cut(c) for c in completions], grouped=True)]
+        return [float(r.passed) for r in code_test_rewards(runner, found, [cut(c) for c in completions])]
 
     rows = [{"prompt": t.prompt} for step in range(s["steps"]) for t in tasks(s["prompts"], seed=step)]
     stamps: list[float] = []

@@ -206,6 +206,8 @@ class SandboxConfig(Section):
     """Open file descriptors (RLIMIT_NOFILE)."""
     tmpfs_mb: int = Field(64, ge=1)
     """Size of the one writable file system of a sandbox slot (/work; /tmp points into it)."""
+    max_files: int = Field(4096, ge=16)
+    """Files and directories that file system may hold (its inode limit; enforced when the worker is root)."""
     max_output_bytes: int = Field(65536, ge=256)
     """Captured stdout and stderr, each; beyond it the execution is killed and flagged output_limit."""
     max_code_bytes: int = Field(1 << 20, ge=1024)

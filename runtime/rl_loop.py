@@ -149,7 +149,7 @@ def score(sandbox, tasks: list[Task], results: list[GenerationResult]) -> tuple[
     pairs = [(t, c.text.split("\n", 1)[0]) for t, r in zip(tasks, results) for c in r.completions]
     scored: list[tuple[float, str]] = [(0.0, "")] * len(pairs)
     code = [i for i, (t, _) in enumerate(pairs) if isinstance(t, CodeTask)]
-    tested = code_test_rewards(sandbox, [pairs[i][0] for i in code], [pairs[i][1] for i in code], grouped=True)
+    tested = code_test_rewards(sandbox, [pairs[i][0] for i in code], [pairs[i][1] for i in code])
     for i, reward in zip(code, tested):
         scored[i] = (float(reward.passed), reward.status)
     for i, (task, completion) in enumerate(pairs):

@@ -1,118 +1,96 @@
 """Code-test reward: does a completion pass its task's tests, and what fraction of them?
 
-The program is: a reporting header, the task's prefix and the completion, the
-test module's setup, then each test case run on its own, counted. The header
-reads a one-time nonce from stdin before any task code runs and keeps it in a
-closure; the report is the line that starts with it. A crash, a timeout, or a
-missing report scores zero.
+Verdicts are decided outside the untrusted process. A test case of the form
+`assert CALL == LITERAL` (or `LITERAL == CALL`), where CALL calls the solution, is
+an input/output check: only CALL enters the sandbox; the program evaluates it and
+writes the value to its result channel (fd 3) in a restricted format (exact
+built-in types: int, float, str, bool, None, and lists, tuples, dicts, sets of
+them); the trusted side compares it with LITERAL, which never entered the sandbox,
+by type-exact equality (int and float compare by value; bool never equals int).
+A completion that prints, patches `exec`, returns an object whose `__eq__` is
+always true, forges channel records or kills its harness gains nothing: to
+produce a passing value it has to compute it.
 
-Limit: the completion runs in the same interpreter as its tests, so a completion
-written to do so could find the nonce and forge a report. The sandbox contains
-what it can do to the host, not what it can claim about itself.
+Other counted cases (`assert abs(f(x) - y) < 1e-6`, loops of asserts) must run
+inside, next to the completion, and report pass/fail themselves: a completion
+written to do so can forge those. A reward that relied on any such case is
+labelled `strength="weak"`; `strong` means every case was judged on data outside.
+The checker holds its own references before the completion is loaded, and the
+completion runs in a namespace of its own, but that limits accidents, not intent.
+
+Each completion is its own execution (a fresh process, killed with all its
+descendants before the next), so no completion can reach another's result.
 """
 
 from __future__ import annotations
 
-import itertools
-import secrets
+import ast
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rl.tasks import CodeTask
 from runtime.sandbox import Execution, ExecutionResult, Status
 
-HEADER = """\
-import sys as _factory_sys
-_factory_report = (lambda nonce: lambda rows: print(nonce + "".join("1" if r else "0" for r in rows), flush=True))(
-    _factory_sys.stdin.readline().strip())
-"""
+HARNESS = """
+def _factory_check(source, steps, candidate, entry_point):
+    import os
+    write, compile_, exec_, eval_, type_, repr_, enumerate_ = os.write, compile, exec, eval, type, repr, enumerate
+    list_, tuple_, dict_, set_, frozenset_ = list, tuple, dict, set, frozenset  # exact types: no override
+    scalars = (int, float, str, bool, type(None))
 
-CASES = """
-def _factory_cases(namespace, cases):
-    rows, broken = [], False
-    for source, counted in cases:
-        ok = False
-        if not broken:
-            try:
-                exec(source, namespace)
-                ok = True
-            except BaseException:
-                broken = not counted
-        if counted:
-            rows.append(ok)
-    return rows
-"""
+    def plain(value, depth):
+        kind = type_(value)
+        if kind in scalars:
+            return value
+        if depth > 32:
+            raise ValueError("too deep")
+        if kind is list_ or kind is tuple_ or kind is set_ or kind is frozenset_:
+            return kind([plain(item, depth + 1) for item in value])
+        if kind is dict_:
+            return {plain(k, depth + 1): plain(v, depth + 1) for k, v in value.items()}
+        raise TypeError(kind.__name__)
 
-RUNNER = CASES + """
-def _factory_run(cases, candidate, entry_point):
-    namespace = dict(globals())
-    if candidate:
-        namespace[candidate] = namespace[entry_point]
-    _factory_report(_factory_cases(namespace, cases))
-_factory_run({cases!r}, {candidate!r}, {entry_point!r})
-"""
-
-
-GROUP_RUNNER = CASES + """\
-import _ctypes, os as _os, sys as _sys, time as _t
-_ctypes.call_function(_ctypes.dlsym(_ctypes.dlopen(None, 2), "prctl"), (4, 0, 0, 0, 0))  # PR_SET_DUMPABLE 0
-
-
-def _factory_line():
-    out = b""
-    while not out.endswith(b"\\n"):
-        byte = _os.read(0, 1)
-        if not byte:
-            break
-        out += byte
-    return out.decode().strip()
-
-
-def _factory_child(source, nonce, cases, candidate, entry_point):
-    _os.close(0)
-    _os.setpgid(0, 0)
-    namespace = {{"__name__": "__main__"}}
+    namespace = {"__name__": "__main__"}
     try:
-        exec(compile(source, "<completion>", "exec"), namespace)
+        exec_(compile_(source, "<completion>", "exec"), namespace)
         if candidate:
             namespace[candidate] = namespace[entry_point]
-        rows = _factory_cases(namespace, cases)
     except BaseException:
-        rows = None
-    report = "!" if rows is None else "".join("1" if r else "0" for r in rows)
-    _sys.stdout.write("\\n" + nonce + report + "\\n")
-    _sys.stdout.flush()
-    _os._exit(0)
-
-
-def _factory_group(sources, cases, candidate, entry_point, limit):
-    for source in sources:
-        nonce = _factory_line()
-        _sys.stdout.flush()
-        pid = _os.fork()
-        if pid == 0:
-            _factory_child(source, nonce, cases, candidate, entry_point)
-        del nonce
-        deadline = _t.monotonic() + limit
-        while not _os.waitpid(pid, _os.WNOHANG)[0] and _t.monotonic() < deadline:
-            _t.sleep(0.0005)
+        import traceback
+        traceback.print_exc()
+        raise SystemExit(1)
+    for index, (kind, code) in enumerate_(steps):
         try:
-            _os.killpg(pid, 9)
-        except OSError:
-            pass
-        try:
-            _os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-
-
-_factory_group({sources!r}, {cases!r}, {candidate!r}, {entry_point!r}, {limit!r})
+            if kind == "call":
+                record = "v " + repr_(plain(eval_(compile_(code, "<check>", "eval"), namespace), 0))
+            else:
+                exec_(compile_(code, "<check>", "exec"), namespace)
+                record = "p"
+        except BaseException:
+            if kind == "exec":
+                return
+            record = "e"
+        if kind != "exec":
+            write(3, ("%d %s\\n" % (index, record)).encode())
 """
 
 
 class Runner(Protocol):
     def run(self, executions: list[Execution]) -> list[ExecutionResult]: ...
+
+
+@dataclass
+class Check:
+    kind: str
+    """`call` (judged outside on its value), `case` (an assert judged inside) or `exec` (uncounted setup)."""
+    code: str
+    """What enters the sandbox: the call expression, or the statement."""
+    expected: Any = None
+    """For `call`: the value it must equal; it never enters the sandbox."""
+    truthy: bool | None = None
+    """For `call` judged by truth instead: whether the value must be true or false."""
 
 
 @dataclass
@@ -123,82 +101,127 @@ class CodeReward:
     status: str
     """The sandbox status of the run."""
     cases: int
+    strength: str = "strong"
+    """`strong`: every case judged on data outside; `weak`: some asserts ran inside (forgeable)."""
 
 
-def program(task: CodeTask, completion: str) -> str:
-    runner = RUNNER.format(cases=task.cases, candidate=task.candidate, entry_point=task.entry_point)
-    return f"{HEADER}\n{task.prefix}{completion}\n\n{task.setup}\n{runner}"
+def checks(task: CodeTask) -> list[Check]:
+    """The task's cases as checks, input/output ones split so their expected values stay outside."""
+    names = solution_names(task)
+    found = []
+    for source, counted in task.cases:
+        io = io_case(source, names) if counted else None
+        found.append(Check("call", *io) if io else Check("case" if counted else "exec", source))
+    return found
 
 
-def execution(task: CodeTask, completion: str, timeout_s: float | None = None) -> tuple[Execution, str]:
-    nonce = f"@@factory-{secrets.token_hex(16)}@@"
-    return Execution(program(task, completion), stdin=nonce + "\n", timeout_s=timeout_s), nonce
+def solution_names(task: CodeTask) -> set[str]:
+    """Names the tests call the solution by: the candidate, the entry point, the reference's functions."""
+    names = {task.candidate, task.entry_point} - {None}
+    try:
+        names |= {n.name for n in ast.parse(task.prefix + task.solution).body if isinstance(n, ast.FunctionDef)}
+    except SyntaxError:
+        pass
+    return names
 
 
-def report_rows(stdout: str, nonce: str) -> list[bool] | str | None:
-    """The last report keyed by `nonce`: one 1/0 per counted case, "!" (did not run), or None (none)."""
-    reports = [line[len(nonce):].strip() for line in stdout.splitlines() if line.startswith(nonce)]
-    if not reports or (reports[-1] != "!" and set(reports[-1]) - {"0", "1"}):
+def io_case(source: str, names: set[str]) -> tuple[str, Any, bool | None] | None:
+    """(expression, expected, truthy) when `source` can be judged on a value outside, else None:
+    `assert EXPR == LITERAL` (either order; `is` with True, False or None) compares EXPR's value with
+    the literal, which never enters the sandbox, so whatever EXPR is, only computing the value passes;
+    `assert CALL` / `assert not CALL`, CALL a call of the solution, judges the truth of its plain value."""
+    try:
+        [statement] = ast.parse(source).body
+    except (SyntaxError, ValueError):
         return None
-    return reports[-1] if reports[-1] == "!" else [c == "1" for c in reports[-1]]
+    if not isinstance(statement, ast.Assert):
+        return None
+    test, truthy = statement.test, True
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        test, truthy = test.operand, False
+    if isinstance(test, ast.Call) and isinstance(test.func, ast.Name) and test.func.id in names:
+        return ast.unparse(test), None, truthy
+    if not truthy or not (isinstance(test, ast.Compare) and len(test.ops) == 1
+                          and isinstance(test.ops[0], (ast.Eq, ast.Is))):
+        return None
+    for expr, other in ((test.left, test.comparators[0]), (test.comparators[0], test.left)):
+        value = _literal(other)
+        if value is not None and (isinstance(test.ops[0], ast.Eq) or value[0] in (True, False, None)):
+            return ast.unparse(expr), value[0], None
+    return None
 
 
-def score(result: ExecutionResult, nonce: str) -> CodeReward:
-    rows = report_rows(result.stdout, nonce) if result.status == Status.OK else None
-    rows = rows if isinstance(rows, list) else None
-    if not rows:
-        return CodeReward(False, 0.0, result.status.value, len(rows or []))
-    return CodeReward(all(rows), sum(rows) / len(rows), result.status.value, len(rows))
+def _literal(node: ast.AST) -> tuple[Any] | None:
+    """(value,) when `node` is a literal, else None."""
+    try:
+        return (ast.literal_eval(node),)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def program(task: CodeTask, completion: str, task_checks: list[Check]) -> str:
+    source = f"{task.prefix}{completion}\n\n{task.setup}\n"
+    steps = [(c.kind, c.code) for c in task_checks]
+    return f"{HARNESS}\n_factory_check({source!r}, {steps!r}, {task.candidate!r}, {task.entry_point!r})\n"
+
+
+def execution(task: CodeTask, completion: str, timeout_s: float | None = None) -> tuple[Execution, list[Check]]:
+    task_checks = checks(task)
+    return Execution(program(task, completion, task_checks), timeout_s=timeout_s), task_checks
+
+
+def score(result: ExecutionResult, task_checks: list[Check]) -> CodeReward:
+    """Judge the channel's records against the checks; nothing the program printed counts."""
+    counted = [i for i, c in enumerate(task_checks) if c.kind != "exec"]
+    strength = "weak" if any(c.kind == "case" for c in task_checks) else "strong"
+    if result.status != Status.OK or not counted:
+        return CodeReward(False, 0.0, result.status.value, len(counted), strength)
+    records = channel_records(result.channel)
+    rows = [judge(task_checks[i], records.get(i)) for i in counted]
+    return CodeReward(all(rows), sum(rows) / len(rows), result.status.value, len(rows), strength)
+
+
+def channel_records(channel: bytes) -> dict[int, str]:
+    """The first record per step index (later ones, e.g. from a leftover process, are ignored)."""
+    records: dict[int, str] = {}
+    for line in channel.decode("utf-8", "replace").splitlines():
+        index, _, record = line.partition(" ")
+        if index.isdigit():
+            records.setdefault(int(index), record)
+    return records
+
+
+def judge(check: Check, record: str | None) -> bool:
+    if record is None:
+        return False
+    if check.kind == "case":
+        return record == "p"
+    if not record.startswith("v "):
+        return False
+    try:
+        value = ast.literal_eval(record[2:])
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return bool(value) == check.truthy if check.truthy is not None else same(check.expected, value)
+
+
+def same(expected: Any, got: Any) -> bool:
+    """Type-exact equality, recursively; int and float compare by value, bool only with bool."""
+    numbers = (int, float)
+    if type(expected) is not type(got):
+        return (type(expected) in numbers and type(got) in numbers) and expected == got
+    if isinstance(expected, (list, tuple)):
+        return len(expected) == len(got) and all(same(e, g) for e, g in zip(expected, got))
+    if isinstance(expected, dict):
+        return expected.keys() == got.keys() and all(same(v, got[k]) for k, v in expected.items())
+    if isinstance(expected, float) and math.isnan(expected):
+        return math.isnan(got)
+    return expected == got
 
 
 def code_test_rewards(runner: Runner, tasks: Sequence[CodeTask], completions: Sequence[str],
-                      timeout_s: float | None = None, grouped: bool = False) -> list[CodeReward]:
-    """Score each completion against its task, all in one batch through the sandbox runner.
-
-    grouped: consecutive completions of the same task share one sandbox execution, each run
-    in its own forked process (see `group_execution`); a completion without a report from its
-    group (a crash, a timeout, a sibling that killed the group) is run again on its own."""
-    if not grouped:
-        pairs = [execution(t, c, timeout_s) for t, c in zip(tasks, completions, strict=True)]
-        results = runner.run([e for e, _ in pairs])
-        return [score(r, nonce) for r, (_, nonce) in zip(results, pairs)]
-    groups = [list(g) for _, g in itertools.groupby(zip(tasks, completions, strict=True), key=lambda p: id(p[0]))]
-    runs = [group_execution(g[0][0], [c for _, c in g], timeout_s) for g in groups]
-    results = runner.run([e for e, _ in runs])
-    rewards = [group_score(r, nonces) for r, (_, nonces) in zip(results, runs)]
-    flat = [reward for group in rewards for reward in group]
-    missing = [i for i, reward in enumerate(flat) if reward is None]
-    if missing:
-        again = code_test_rewards(runner, [tasks[i] for i in missing], [completions[i] for i in missing], timeout_s)
-        for i, reward in zip(missing, again):
-            flat[i] = reward
-    return flat
-
-
-def group_execution(task: CodeTask, completions: list[str], timeout_s: float | None = None) -> tuple[Execution, list[str]]:
-    """One program that runs every completion of `task` in a forked child, one after another.
-
-    The parent reads each child's nonce from stdin unbuffered, just before forking it, so a
-    child holds only its own; the child closes stdin, runs in its own process group (killed
-    when it ends) and reports with its nonce; the parent is not dumpable, so no child reads
-    its memory through /proc."""
-    nonces = [f"@@factory-{secrets.token_hex(16)}@@" for _ in completions]
-    sources = [f"{task.prefix}{c}\n\n{task.setup}\n" for c in completions]
-    limit = (timeout_s or 10.0) / max(1, len(completions))
-    code = GROUP_RUNNER.format(sources=sources, cases=task.cases, candidate=task.candidate,
-                               entry_point=task.entry_point, limit=limit)
-    return Execution(code, stdin="".join(n + "\n" for n in nonces), timeout_s=timeout_s), nonces
-
-
-def group_score(result: ExecutionResult, nonces: list[str]) -> list[CodeReward | None]:
-    """Each child's reward from its report line; None where a child left none."""
-    rewards: list[CodeReward | None] = []
-    for nonce in nonces:
-        rows = report_rows(result.stdout, nonce)
-        if rows is None:
-            rewards.append(None)
-        elif rows == "!" or not rows:  # the completion did not compile or run
-            rewards.append(CodeReward(False, 0.0, Status.FAILED.value, 0))
-        else:
-            rewards.append(CodeReward(all(rows), sum(rows) / len(rows), Status.OK.value, len(rows)))
-    return rewards
+                      timeout_s: float | None = None) -> list[CodeReward]:
+    """Score each completion against its task, one execution each, all in one batch through the runner."""
+    pairs = [execution(t, c, timeout_s) for t, c in zip(tasks, completions, strict=True)]
+    results = runner.run([e for e, _ in pairs])
+    return [score(r, task_checks) for r, (_, task_checks) in zip(results, pairs)]

@@ -24,6 +24,7 @@ from runtime.sandbox import seccomp
 from runtime.sandbox.base import Execution, ExecutionResult, SandboxBackend, SandboxUnavailable, Status
 from runtime.sandbox.cgroups import CgroupsMissing, SlotCgroups
 from runtime.sandbox.local import ENV, Pipes, pump, result, rlimits
+from runtime.sandbox.scratch import Scratch
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
 RUNNER_MB = 48
@@ -99,8 +100,8 @@ class BubblewrapBackend(SandboxBackend):
             self.runners[slot] = Runner(self, f"{os.getpid()}-{self.tag}-{slot}").start()
         return self.runners[slot]
 
-    def argv(self, control_fd: int, seccomp_fd: int) -> list[str]:
-        """bwrap's arguments for one slot's runner."""
+    def argv(self, control_fd: int, seccomp_fd: int, scratch: Scratch | None) -> list[str]:
+        """bwrap's arguments for one slot's runner; `scratch` is bound at /work, else a tmpfs is made there."""
         argv = ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
                 "--cap-drop", "ALL", "--as-pid-1",
@@ -114,8 +115,9 @@ class BubblewrapBackend(SandboxBackend):
         for name in MASKED_PROC:
             if os.path.exists(f"/proc/{name}"):
                 argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
-        argv += ["--dev", "/dev", "--remount-ro", "/dev", "--size", str(self.cfg.tmpfs_mb << 20), "--tmpfs", "/work",
-                 "--symlink", "/work/tmp", "/tmp", "--remount-ro", "/", "--chdir", "/work",
+        work = ["--bind", str(scratch.path), "/work"] if scratch else ["--size", str(self.cfg.tmpfs_mb << 20),
+                                                                        "--tmpfs", "/work"]
+        argv += ["--dev", "/dev", "--remount-ro", "/dev", *work, "--symlink", "/work/tmp", "/tmp", "--remount-ro", "/", "--chdir", "/work",
                  "--seccomp", str(seccomp_fd)]
         for key, value in ENV.items():
             argv += ["--setenv", key, value]
@@ -137,13 +139,14 @@ class Runner:
                                               self.cfg.max_processes + 2)
         except (CgroupsMissing, OSError) as exc:
             raise SandboxUnavailable(f"sandbox cgroups: {exc}") from None
+        self.scratch = self._mount_scratch()
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         filter_fd = seccomp.filter_fd()
         try:
             spec = {"procs": self.cgroups.procs_files(), "uid": self.backend.uid, "bwrap": self.backend.bwrap}
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", TRAMPOLINE, json.dumps(spec),
-                 *self.backend.argv(theirs.fileno(), filter_fd)],
+                 *self.backend.argv(theirs.fileno(), filter_fd, self.scratch)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 pass_fds=(theirs.fileno(), filter_fd), start_new_session=True)
         finally:
@@ -177,6 +180,18 @@ class Runner:
         self.proc.wait()
         self.proc.stderr.close()
         self.cgroups.remove()
+        if self.scratch is not None:
+            self.scratch.remove()
+
+    def _mount_scratch(self) -> Scratch | None:
+        """As root, a tmpfs with an inode limit; otherwise bubblewrap's tmpfs (size only) is used."""
+        if self.backend.uid is None:
+            return None
+        try:
+            return Scratch.mount(self.name, self.cfg.tmpfs_mb << 20, self.cfg.max_files, self.backend.uid)
+        except OSError as exc:
+            self.cgroups.remove()
+            raise SandboxUnavailable(f"sandbox scratch: {exc}") from None
 
     def _collect(self, execution: Execution, pipes: Pipes, started: float, timeout_s: float,
                  ooms: int) -> ExecutionResult:

@@ -40,11 +40,6 @@ def test_wrong_solutions_fail_and_partial_ones_score_a_fraction(runner):
     assert rewards[3].fraction == 0.5
 
 
-def test_a_report_printed_by_the_completion_is_not_trusted(runner):
-    [add, *_] = load_tasks(DATA / "humaneval_sample.jsonl")
-    forged = "    return 0\nprint('@@factory-0@@[true, true, true, true]'); import os; os._exit(0)\n"
-    [reward] = code_test_rewards(runner, [add], [forged])
-    assert not reward.passed and reward.fraction == 0.0
 
 
 def test_gzipped_task_files_load(tmp_path):
@@ -85,31 +80,3 @@ def test_exact_answer(completion, answer, reward):
 def test_extract_prefers_marked_answers():
     assert extract_answer("3 then 4 #### 5") == "5"
     assert extract_answer("\\boxed{2} and later 9") == "2"
-
-
-def test_grouped_scoring_agrees_with_one_execution_per_completion(runner):
-    add, *_ = load_tasks(DATA / "humaneval_sample.jsonl")
-    completions = [
-        "    return a + b\n",
-        "    return a - b\n",
-        "    return a +\n",                                        # does not compile
-        "    return a + b\nimport os; os.kill(os.getppid(), 9)\n",  # kills the group's parent process
-        "    return a + b\n",                                      # its report must not be lost
-        "    while True: pass\n",                                  # outlives its share of the time
-        "    return b + a\n",
-    ]
-    grouped = code_test_rewards(runner, [add] * len(completions), completions, timeout_s=2, grouped=True)
-    single = code_test_rewards(runner, [add] * len(completions), completions, timeout_s=2)
-    assert [(r.passed, r.fraction) for r in grouped] == [(r.passed, r.fraction) for r in single]
-    assert [r.passed for r in grouped] == [True, False, False, True, True, False, True]
-    assert grouped[5].status == "timeout"
-
-
-def test_a_completion_cannot_forge_its_siblings_reports(runner):
-    add, *_ = load_tasks(DATA / "humaneval_sample.jsonl")
-    # The parent reads each child's nonce only when forking it, and stdin is closed in the child.
-    snoop = ("    return 0\nimport sys\ntry:\n    print(sys.stdin.read())\nexcept Exception:\n    pass\n"
-             "import gc\nfor o in gc.get_objects():\n    if isinstance(o, str) and o.startswith('@@factory-'):\n"
-             "        print(o + '[true, true, true, true]')\n")
-    rewards = code_test_rewards(runner, [add] * 3, [snoop, "    return a - b\n", "    return 1\n"], grouped=True)
-    assert [r.passed for r in rewards] == [False, False, False]
