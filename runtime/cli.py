@@ -9,6 +9,7 @@
     factory trace RUN_DIR --step S                       the documents behind a step
     factory sandbox check TASKS.jsonl [--solutions S]     run solutions through the sandbox pool
     factory sandbox serve [overrides]                    a gRPC SandboxService on this host
+    factory sandbox selftest [overrides]                 try to break out; say which guarantees hold here
 
 Errors the user can fix print as one line and exit with status 2.
 """
@@ -81,6 +82,10 @@ def parser() -> argparse.ArgumentParser:
     serve = _command(sandbox, "serve", cmd_sandbox_serve, "serve a sandbox over gRPC on this host (no Ray)")
     serve.add_argument("overrides", nargs="*", metavar="section.field=value")
     serve.add_argument("--recipe", default=None)
+    selftest = _command(sandbox, "selftest", cmd_sandbox_selftest,
+                        "run the adversarial probes here and say which guarantees hold (no Ray)")
+    selftest.add_argument("overrides", nargs="*", metavar="section.field=value")
+    selftest.add_argument("--recipe", default=None)
     return p
 
 
@@ -190,6 +195,30 @@ def cmd_sandbox_serve(args) -> int:
 
     serve_forever(load_config(args.recipe, args.overrides))
     return 0
+
+
+def cmd_sandbox_selftest(args) -> int:
+    from runtime.config import load_config
+    from runtime.sandbox import make_backend
+    from runtime.sandbox.selftest import run_all
+
+    cfg = load_config(args.recipe, args.overrides).sandbox
+    if cfg.backend != "bubblewrap":
+        print(f"sandbox.backend={cfg.backend}: the probes attack the host they run on; they run only against the "
+              "bubblewrap backend (for a grpc sandbox host, run the selftest on that host)", file=sys.stderr)
+        return 2
+    backend = make_backend(cfg, tag="selftest")
+    try:
+        backend.check()
+        outcomes = run_all(backend)
+    finally:
+        backend.close()
+    for probe, held, results in outcomes:
+        detail = "" if held else f"  <- {results[-1].status.value}: {(results[-1].stdout or results[-1].stderr)[-120:]!r}"
+        print(f"{'holds ' if held else 'BROKEN'}  {probe.name:<20} {probe.guarantee}{detail}")
+    broken = sum(not held for _, held, _ in outcomes)
+    print(f"{len(outcomes) - broken} of {len(outcomes)} guarantees hold on this machine ({backend.name} backend)")
+    return 1 if broken else 0
 
 
 def cmd_serve(args) -> int:

@@ -33,7 +33,7 @@ GRACE_S = 2.0
 """How long past an execution's timeout the worker waits for the runner before killing the slot."""
 MASKED_PROC = ("cmdline", "kallsyms", "version", "modules", "keys", "key-users", "timer_list", "sched_debug",
                "iomem", "ioports", "config.gz", "kcore", "sysrq-trigger", "latency_stats", "buddyinfo", "slabinfo",
-               "vmallocinfo", "pagetypeinfo", "zoneinfo", "mountinfo", "mounts", "cgroups", "partitions", "diskstats",
+               "vmallocinfo", "pagetypeinfo", "zoneinfo", "cgroups", "partitions", "diskstats",
                "interrupts", "softirqs", "bootconfig")
 """Host information under /proc the sandbox does not see (covered by an unreadable file)."""
 

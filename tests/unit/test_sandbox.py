@@ -1,4 +1,5 @@
-"""Adversarial tests of the bubblewrap sandbox, one property each (no Ray needed)."""
+"""Adversarial tests of the bubblewrap sandbox, one property each (no Ray needed); the probes of
+`factory sandbox selftest` run here too."""
 
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 from runtime.config import SandboxConfig
 from runtime.sandbox import Execution, SandboxUnavailable, Status, make_backend
+from runtime.sandbox.selftest import PROBES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,3 +183,25 @@ def test_one_slot_runs_executions_back_to_back(sandbox):
     # across executions filled up after ~30 quick runs and refused the next fork (sandbox_error).
     results = [run(sandbox, "print(1)") for _ in range(80)]
     assert {r.status for r in results} == {Status.OK}, [r.stderr for r in results if r.status != Status.OK][:1]
+
+
+@pytest.mark.parametrize("probe", PROBES, ids=[p.name for p in PROBES])
+def test_adversarial_probe_fails_to_break_its_guarantee(sandbox, probe):
+    held, results = probe.run(sandbox)
+    assert held, f"{probe.guarantee}: {[(r.status.value, r.stdout[-300:], r.stderr[-300:]) for r in results]}"
+
+
+def test_no_process_of_a_slot_runs_as_host_root(sandbox):
+    run(sandbox, "print(1)")
+    pids = sandbox.runners[0].cgroups._pids()
+    uids = {int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]) for pid in pids}
+    assert pids and 0 not in uids, uids
+
+
+def test_closing_removes_cgroups_and_mounts():
+    backend = make_backend(SandboxConfig(timeout_s=5), slots=2, tag="cleanup")
+    backend.check()
+    paths = [p for r in backend.runners for p in [*r.cgroups.paths.values(), r.scratch.path]]
+    assert all(p.exists() for p in paths)
+    backend.close()
+    assert not [p for p in paths if p.exists()]
