@@ -205,3 +205,9 @@ def test_closing_removes_cgroups_and_mounts():
     assert all(p.exists() for p in paths)
     backend.close()
     assert not [p for p in paths if p.exists()]
+
+
+def test_unread_stdin_does_not_block_the_timeout(sandbox):
+    result = run(sandbox, "while True:\n    pass", stdin="x" * 300_000, timeout_s=1)
+    assert result.status == Status.TIMEOUT and result.duration_s < 4
+    assert run(sandbox, "print(len(input()))", stdin="y" * 300_000 + "\n").stdout == "300000\n"
