@@ -14,6 +14,7 @@ from typing import Any
 
 from runtime.config import SandboxConfig
 from runtime.sandbox import Execution, ExecutionResult, SandboxBackend, make_backend
+from runtime.sandbox.requests import validate
 
 
 class SandboxWorker:
@@ -36,9 +37,11 @@ class SandboxWorker:
         return {"name": self.name, "backend": backend.name, "isolated": backend.isolated}
 
     def execute(self, execution: Execution) -> ExecutionResult:
-        """Run one execution; blocks while all slots are busy."""
+        """Run one execution; blocks while all slots are busy. Raises InvalidExecution, before taking a
+        slot, for a request over a bound of the config (callers outside the pool reach workers too)."""
         if self.backend is None:
             raise RuntimeError(f"{self.name}: setup() has not run")
+        validate(execution, self.cfg)
         slot = self._slots.get()
         with self._lock:
             self._running += 1

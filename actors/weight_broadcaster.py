@@ -35,7 +35,7 @@ class WeightBroadcaster:
         if grpc_cfg.enabled:
             from serve.weight_service import serve
 
-            self.server, self.port = serve(self.store, grpc_cfg.host, grpc_cfg.port, grpc_cfg.token)
+            self.server, self.port = serve(self.store, grpc_cfg.host, grpc_cfg.port, token_file=grpc_cfg.token_file)
         return {"name": self.name, "endpoint": self.endpoint()}
 
     def publish(self, version: int, state_ref: list) -> dict[str, int]:

@@ -21,6 +21,13 @@ from runtime.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = "default"
+SECRETS: dict[str, tuple[str, str]] = {
+    "sandbox.grpc.token": ("FACTORY_SANDBOX_TOKEN", "sandbox.grpc.token_file"),
+    "weights.grpc.token": ("FACTORY_WEIGHTS_TOKEN", "weights.grpc.token_file"),
+    "playground.api_key": ("FACTORY_PLAYGROUND_KEY", "playground.api_key_file"),
+}
+"""Each secret: the literal key refused in a config, and the variable and file field that supply it
+(runtime/credentials.py reads them; they never enter the tree, so it is safe to save and print)."""
 
 
 class Section(BaseModel):
@@ -172,11 +179,12 @@ class InferenceConfig(Section):
 
 class SandboxGrpcConfig(Section):
     host: str = "127.0.0.1"
-    """Address the SandboxService binds; any other than 127.0.0.1 requires `token`."""
+    """Address the SandboxService binds; any other than 127.0.0.1 requires a token."""
     port: int = Field(0, ge=0, le=65535)
     """Port (0 picks a free one)."""
-    token: str | None = None
-    """Bearer token callers put in the `authorization` metadata; empty reads FACTORY_SANDBOX_TOKEN."""
+    token_file: str | None = None
+    """File holding the bearer token of the `authorization` metadata (server and `backend: grpc`
+    client), owner-only (chmod 600); empty reads FACTORY_SANDBOX_TOKEN. The token is never a config value."""
 
 
 class SandboxConfig(Section):
@@ -313,11 +321,12 @@ class PlaygroundConfig(Section):
     enabled: bool = False
     """Start the playground beside the experiment while it runs (after a run: `factory serve RUN_DIR`)."""
     host: str = "127.0.0.1"
-    """Address the Serve HTTP proxy binds; any other than 127.0.0.1 requires `api_key`."""
+    """Address the Serve HTTP proxy binds; any other than 127.0.0.1 requires an API key."""
     port: int = Field(8000, ge=0, le=65535)
     """HTTP port of the playground and its OpenAI-compatible API."""
-    api_key: str | None = None
-    """Bearer key API calls must carry; empty reads FACTORY_PLAYGROUND_KEY."""
+    api_key_file: str | None = None
+    """File holding the key every request must carry (Bearer, or a browser's Basic password), owner-only
+    (chmod 600); empty reads FACTORY_PLAYGROUND_KEY. The key is never a config value."""
     max_tokens: int = Field(256, ge=1)
     """Largest max_tokens a request may ask for."""
     max_prompt_tokens: int = Field(384, ge=1)
@@ -334,11 +343,12 @@ class WeightsGrpcConfig(Section):
     enabled: bool = False
     """Serve published versions over gRPC (WeightService) for inference servers outside Ray."""
     host: str = "127.0.0.1"
-    """Address the WeightService binds; any other than 127.0.0.1 requires `token`."""
+    """Address the WeightService binds; any other than 127.0.0.1 requires a token."""
     port: int = Field(0, ge=0, le=65535)
     """Port (0 picks a free one)."""
-    token: str | None = None
-    """Bearer token callers put in the `authorization` metadata; empty reads FACTORY_WEIGHTS_TOKEN."""
+    token_file: str | None = None
+    """File holding the bearer token of the `authorization` metadata, owner-only (chmod 600); empty
+    reads FACTORY_WEIGHTS_TOKEN. The token is never a config value."""
 
 
 class WeightsConfig(Section):
@@ -517,10 +527,23 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
 
 
 def validate_tree(tree: dict[str, Any], source: str = "config") -> FactoryConfig:
+    """The validated config of `tree`; a literal secret or an invalid field raises one ConfigError line."""
+    _refuse_literal_secrets(tree, source)
     try:
         return FactoryConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(err) for err in exc.errors()), source=source) from None
+
+
+def _refuse_literal_secrets(tree: dict[str, Any], source: str) -> None:
+    for path, (env, file_field) in SECRETS.items():
+        *parents, leaf = path.split(".")
+        node: Any = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            raise ConfigError(f"{path}: a secret is never a config value (it would be saved, printed and shown "
+                              f"in process lists); set {env} or {file_field} (an owner-only file)", source=source)
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:

@@ -60,7 +60,7 @@ def serve_forever(cfg: FactoryConfig) -> None:
 
     worker = SandboxWorker(cfg.sandbox, f"{cfg.experiment.name}/sandbox-host/0")
     info = worker.setup()
-    server, port = serve(worker, cfg.sandbox.grpc, concurrency=cfg.sandbox.concurrency)
+    server, port = serve(worker, cfg.sandbox)
     print(f"SandboxService ({info['backend']}, isolated={info['isolated']}) on {cfg.sandbox.grpc.host}:{port}",
           flush=True)
     try:

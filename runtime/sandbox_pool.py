@@ -33,6 +33,7 @@ from runtime.errors import FactoryError, SetupTimeout
 from runtime.inference_pool import SERVER_LOST
 from runtime.metrics import SandboxMetrics
 from runtime.sandbox import Execution, ExecutionResult, Status
+from runtime.sandbox.requests import validate
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 5.0
@@ -112,8 +113,10 @@ class SandboxPool:
     # ---- executions ------------------------------------------------------
 
     def submit(self, execution: Execution, block_s: float | None = None) -> Future:
-        """Queue one execution; its future resolves to exactly one ExecutionResult."""
-        job = Job(execution)
+        """Queue one execution; its future resolves to exactly one ExecutionResult.
+
+        Raises InvalidExecution (nothing queued) when the request is over a bound of `sandbox`."""
+        job = Job(validate(execution, self.sandbox))
         try:
             self._queue.put(job, timeout=block_s)
         except queue.Full:

@@ -2,27 +2,39 @@
 
 127.0.0.1 needs no token. Any other address needs one, and every call must
 carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED
-before its handler runs.
+before its handler runs. The token comes from an owner-only file or the
+environment (runtime/credentials.py), never from the config.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from runtime.config import SECRETS
+from runtime.credentials import read_secret
 from runtime.errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
 
 
-def resolve_token(host: str, token: str | None, env: str, field: str) -> str | None:
-    token = token or os.environ.get(env)
+def client_token(secret: str, token_file: str | None) -> str | None:
+    """The token of `secret` (a key of config.SECRETS) from `token_file`, else its variable; None if unset."""
+    env, file_field = SECRETS[secret]
+    return read_secret(env, token_file, file_field)
+
+
+def resolve_token(host: str, secret: str, token_file: str | None, token: str | None = None) -> str | None:
+    """The token a server binding `host` requires: `token` if given (Python callers), else as client_token.
+
+    Raises ConfigError off 127.0.0.1 when there is none, or when the file is unsafe."""
+    token = token or client_token(secret, token_file)
     if host != LOOPBACK and not token:
-        raise ConfigError(f"{field}: binding {host} needs a token (config or {env})")
+        env, file_field = SECRETS[secret]
+        raise ConfigError(f"{secret}: binding {host} needs a token ({env} or {file_field}, an owner-only file)")
     return token
 
 

@@ -9,8 +9,14 @@ One Ray Serve application (FastAPI ingress):
 - Requests run under the PLAYGROUND workload class, below rollouts and evals.
 - Saved versions get an InferenceServer on first use (at most
   `max_loaded_models`, least recently used stopped first).
-- Bound off 127.0.0.1 it needs an API key (`Authorization: Bearer`); limits on
-  max_tokens, prompt tokens and concurrency per key answer 400/429, never crash.
+- Bound off 127.0.0.1 it needs an API key (FACTORY_PLAYGROUND_KEY or the owner-only
+  file `playground.api_key_file`) on every request, whatever the path (the page and
+  unknown paths included): `Authorization: Bearer KEY`, or Basic with KEY as the
+  password, which a browser asks for when it opens the page. There are no /docs or
+  /openapi.json routes. Ray Serve's proxy answers `/-/routes` and `/-/healthz` itself,
+  outside this app and without a key (it has no switch to turn them off): each Serve
+  application's route prefix and name (`{"/": "playground"}`), and liveness.
+  Limits on max_tokens, prompt tokens and concurrency per key answer 400/429, never crash.
 - `/` is the page (chat, side-by-side comparison, feedback); `/feedback` stores
   thumbs up/down; `/feedback/pairs.jsonl` exports preference pairs.
 """
@@ -18,10 +24,11 @@ One Ray Serve application (FastAPI ingress):
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import hmac
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,16 +37,18 @@ import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from ray import serve
+from starlette.datastructures import Headers
 
-from runtime.config import FactoryConfig, SamplingConfig
+from runtime.config import SECRETS, FactoryConfig, SamplingConfig
+from runtime.credentials import read_secret
 from runtime.errors import ConfigError
 from runtime.generation import GenerationRequest, GenerationResult, Workload
 from runtime.versions import VERSION, list_models
 from serve.feedback import FeedbackStore
 
-KEY_ENV = "FACTORY_PLAYGROUND_KEY"
+SECRET = "playground.api_key"
 PAGE = Path(__file__).with_name("static") / "playground.html"
-app = FastAPI(title="model factory playground")
+app = FastAPI(title="model factory playground", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 class ApiError(Exception):
@@ -53,10 +62,55 @@ class ApiError(Exception):
 
 
 def resolve_key(cfg: FactoryConfig) -> str | None:
-    key = cfg.playground.api_key or os.environ.get(KEY_ENV)
+    """The key every request must carry: from `playground.api_key_file`, else FACTORY_PLAYGROUND_KEY.
+
+    None on 127.0.0.1 without one; ConfigError elsewhere without one, or with an unsafe file."""
+    env, file_field = SECRETS[SECRET]
+    key = read_secret(env, cfg.playground.api_key_file, file_field)
     if cfg.playground.host != "127.0.0.1" and not key:
-        raise ConfigError(f"playground.api_key: binding {cfg.playground.host} needs an API key (config or {KEY_ENV})")
+        raise ConfigError(f"{SECRET}: binding {cfg.playground.host} needs an API key ({env} or {file_field}, "
+                          f"an owner-only file)")
     return key
+
+
+def authorised(header: str, key: str) -> bool:
+    """Whether an Authorization header carries `key`: `Bearer KEY`, or Basic with KEY as the password."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.encode(), key.encode())
+
+
+class KeyCheck:
+    """ASGI middleware: when the replica has a key, every HTTP request must carry it, whatever its path
+    (the app has no websocket routes: Starlette closes every websocket).
+
+    Refusals are 401: OpenAI-style JSON under /v1, else a Basic challenge so a browser asks for the key."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        key = serve.get_replica_context().servable_object.key if scope["type"] == "http" else None
+        if key is not None and not authorised(Headers(scope=scope).get("authorization", ""), key):
+            await _denied(scope["path"])(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _denied(path: str) -> JSONResponse:
+    response = ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", "invalid_api_key").response()
+    if not path.startswith("/v1/"):
+        response.headers["WWW-Authenticate"] = 'Basic realm="model factory playground"'
+    return response
+
+
+app.add_middleware(KeyCheck)
 
 
 # Helpers stand above the class: serve.ingress rebuilds its methods with the module's globals
@@ -132,18 +186,11 @@ class Playground:
         return HTMLResponse(PAGE.read_text())
 
     async def _guard(self, request: Request, handler):
+        """Run `handler`, answering an ApiError as its JSON response (KeyCheck has already checked the key)."""
         try:
-            self._authorise(request)
             return await _maybe_await(handler(request))
         except ApiError as exc:
             return exc.response()
-
-    def _authorise(self, request: Request) -> None:
-        if self.key is None:
-            return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, f"Bearer {self.key}".encode()):
-            raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", "invalid_api_key")
 
     def _models(self, request: Request) -> dict:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "factory"}

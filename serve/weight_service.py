@@ -1,6 +1,6 @@
 """WeightService over gRPC: any kept version, streamed in chunks; a client that loads it into vLLM.
 
-Bind and token rules are those of serve/grpc_auth.py (token: config or FACTORY_WEIGHTS_TOKEN).
+Bind and token rules are those of serve/grpc_auth.py (token: weights.grpc.token_file or FACTORY_WEIGHTS_TOKEN).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from serve import grpc_auth
 from serve.protos import weights_pb2 as pb
 from serve.protos import weights_pb2_grpc as pb_grpc
 
-TOKEN_ENV = "FACTORY_WEIGHTS_TOKEN"
+SECRET = "weights.grpc.token"
 
 
 class WeightServicer(pb_grpc.WeightServiceServicer):
@@ -39,11 +39,12 @@ class WeightServicer(pb_grpc.WeightServiceServicer):
 
 
 def serve(store: VersionStore, host: str = grpc_auth.LOOPBACK, port: int = 0, token: str | None = None,
-          field: str = "weights.grpc.token") -> tuple[grpc.Server, int]:
-    token = grpc_auth.resolve_token(host, token, TOKEN_ENV, field)
+          token_file: str | None = None) -> tuple[grpc.Server, int]:
+    """Start a WeightService; `token` (else `token_file`, else FACTORY_WEIGHTS_TOKEN) is required off loopback."""
+    token = grpc_auth.resolve_token(host, SECRET, token_file, token)
     servicer = WeightServicer(store)
     return grpc_auth.start_server(lambda server: pb_grpc.add_WeightServiceServicer_to_server(servicer, server),
-                                  host, port, token, field, workers=8,
+                                  host, port, token, SECRET, workers=8,
                                   options=[("grpc.max_send_message_length", 64 << 20)])
 
 

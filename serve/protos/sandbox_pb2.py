@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserve/protos/sandbox.proto\x12\x12\x66\x61\x63tory.sandbox.v1\"L\n\x0e\x45xecuteRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\t\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\"\xac\x01\n\rExecuteResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x15\n\rhas_exit_code\x18\x04 \x01(\x08\x12\x0e\n\x06stdout\x18\x05 \x01(\t\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x11\n\ttruncated\x18\x08 \x01(\x08\x12\x0e\n\x06worker\x18\t \x01(\t\"\x0f\n\rHealthRequest\"c\n\x0bHealthReply\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08isolated\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x11\n\tcompleted\x18\x05 \x01(\x03\x32\x8b\x02\n\x0eSandboxService\x12P\n\x07\x45xecute\x12\".factory.sandbox.v1.ExecuteRequest\x1a!.factory.sandbox.v1.ExecuteResult\x12Y\n\x0c\x45xecuteBatch\x12\".factory.sandbox.v1.ExecuteRequest\x1a!.factory.sandbox.v1.ExecuteResult(\x01\x30\x01\x12L\n\x06Health\x12!.factory.sandbox.v1.HealthRequest\x1a\x1f.factory.sandbox.v1.HealthReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserve/protos/sandbox.proto\x12\x12\x66\x61\x63tory.sandbox.v1\"L\n\x0e\x45xecuteRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\t\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\"\xbd\x01\n\rExecuteResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x15\n\rhas_exit_code\x18\x04 \x01(\x08\x12\x0e\n\x06stdout\x18\x05 \x01(\t\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x11\n\ttruncated\x18\x08 \x01(\x08\x12\x0e\n\x06worker\x18\t \x01(\t\x12\x0f\n\x07\x63hannel\x18\n \x01(\x0c\"\x0f\n\rHealthRequest\"c\n\x0bHealthReply\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08isolated\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x11\n\tcompleted\x18\x05 \x01(\x03\x32\x8b\x02\n\x0eSandboxService\x12P\n\x07\x45xecute\x12\".factory.sandbox.v1.ExecuteRequest\x1a!.factory.sandbox.v1.ExecuteResult\x12Y\n\x0c\x45xecuteBatch\x12\".factory.sandbox.v1.ExecuteRequest\x1a!.factory.sandbox.v1.ExecuteResult(\x01\x30\x01\x12L\n\x06Health\x12!.factory.sandbox.v1.HealthRequest\x1a\x1f.factory.sandbox.v1.HealthReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST']._serialized_start=50
   _globals['_EXECUTEREQUEST']._serialized_end=126
   _globals['_EXECUTERESULT']._serialized_start=129
-  _globals['_EXECUTERESULT']._serialized_end=301
-  _globals['_HEALTHREQUEST']._serialized_start=303
-  _globals['_HEALTHREQUEST']._serialized_end=318
-  _globals['_HEALTHREPLY']._serialized_start=320
-  _globals['_HEALTHREPLY']._serialized_end=419
-  _globals['_SANDBOXSERVICE']._serialized_start=422
-  _globals['_SANDBOXSERVICE']._serialized_end=689
+  _globals['_EXECUTERESULT']._serialized_end=318
+  _globals['_HEALTHREQUEST']._serialized_start=320
+  _globals['_HEALTHREQUEST']._serialized_end=335
+  _globals['_HEALTHREPLY']._serialized_start=337
+  _globals['_HEALTHREPLY']._serialized_end=436
+  _globals['_SANDBOXSERVICE']._serialized_start=439
+  _globals['_SANDBOXSERVICE']._serialized_end=706
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ class ExecuteRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., code: _Optional[str] = ..., stdin: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class ExecuteResult(_message.Message):
-    __slots__ = ("id", "status", "exit_code", "has_exit_code", "stdout", "stderr", "duration_s", "truncated", "worker")
+    __slots__ = ("id", "status", "exit_code", "has_exit_code", "stdout", "stderr", "duration_s", "truncated", "worker", "channel")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class ExecuteResult(_message.Message):
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: str
     exit_code: int
@@ -36,7 +37,8 @@ class ExecuteResult(_message.Message):
     duration_s: float
     truncated: bool
     worker: str
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., duration_s: _Optional[float] = ..., truncated: _Optional[bool] = ..., worker: _Optional[str] = ...) -> None: ...
+    channel: bytes
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., duration_s: _Optional[float] = ..., truncated: _Optional[bool] = ..., worker: _Optional[str] = ..., channel: _Optional[bytes] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

@@ -63,6 +63,8 @@ class SandboxServiceServicer:
 
     def ExecuteBatch(self, request_iterator, context):
         """Run a stream of programs; results stream back as they finish, in any order, keyed by id.
+        At most the server's sandbox.concurrency run or wait unread per call; an invalid request ends the
+        call with INVALID_ARGUMENT, and a cancelled call starts nothing more.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,6 +1,8 @@
 """The playground's OpenAI-compatible API on a real Serve app over real vLLM engines."""
 
 import socket
+import urllib.error
+import urllib.request
 
 import openai
 import pytest
@@ -102,15 +104,23 @@ def test_concurrency_per_key_is_limited(client):
     assert first.choices and client.completions.create(model="v0", prompt="hi", max_tokens=2).choices
 
 
-def test_off_loopback_needs_the_key(ray_cluster, run_dir, tiny_model, playground):
+def test_off_loopback_needs_the_key(ray_cluster, run_dir, tiny_model, playground, tmp_path, monkeypatch):
     serve.shutdown()
+    monkeypatch.delenv("FACTORY_PLAYGROUND_KEY", raising=False)
     with pytest.raises(ConfigError, match="binding 127.0.0.2 needs an API key"):
         start(config(run_dir, tiny_model, "playground.host=127.0.0.2"), run_dir, name="test-playground")
-    url = start(config(run_dir, tiny_model, "playground.host=127.0.0.2", "playground.api_key=sesame"), run_dir,
-                name="test-playground")
+    key_file = tmp_path / "playground.key"
+    key_file.write_text("sesame\n")
+    key_file.chmod(0o600)
+    url = start(config(run_dir, tiny_model, "playground.host=127.0.0.2", f"playground.api_key_file={key_file}"),
+                run_dir, name="test-playground")
     try:
         with pytest.raises(openai.AuthenticationError, match="missing or wrong API key"):
             openai.OpenAI(base_url=f"{url}v1", api_key="wrong", max_retries=0).models.list()
+        for path in ("", "docs", "openapi.json", "feedback/pairs.jsonl", "nowhere"):
+            with pytest.raises(urllib.error.HTTPError) as denied:
+                urllib.request.urlopen(f"{url}{path}", timeout=30)
+            assert denied.value.code == 401, path
         keyed = openai.OpenAI(base_url=f"{url}v1", api_key="sesame", max_retries=0)
         assert keyed.completions.create(model="v0", prompt="hi", max_tokens=2).choices
     finally:

@@ -20,6 +20,7 @@ def factory(*args: str) -> subprocess.CompletedProcess:
     (["run", "default", "model.path=/no/such/model"], "model.path: no such directory: /no/such/model"),
     (["generate", "/no/such/model", "hi"], "model.path: no such directory: /no/such/model"),
     (["run", "default", "noequals"], "override 'noequals' is not of the form"),
+    (["run", "default", "sandbox.grpc.token=hunter2"], "sandbox.grpc.token: a secret is never a config value"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
     out = factory(*args, f"experiment.runs_root={tmp_path}") if args[0] == "run" else factory(*args)
