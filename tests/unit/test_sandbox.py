@@ -185,9 +185,28 @@ def test_one_slot_runs_executions_back_to_back(sandbox):
     assert {r.status for r in results} == {Status.OK}, [r.stderr for r in results if r.status != Status.OK][:1]
 
 
+@pytest.fixture(scope="module")
+def grpc_sandbox():
+    """The same sandbox behind a SandboxService on loopback, reached through the `grpc` backend."""
+    from actors.sandbox_worker import SandboxWorker
+    from serve.sandbox_service import serve
+
+    cfg = SandboxConfig(timeout_s=5, cpu_s=5, memory_mb=256, max_output_bytes=4096, concurrency=1)
+    worker = SandboxWorker(cfg, "probe/sandbox/0")
+    worker.setup()
+    server, port = serve(worker, cfg)
+    backend = make_backend(SandboxConfig(backend="grpc", endpoint=f"127.0.0.1:{port}", timeout_s=5))
+    backend.check()
+    yield backend
+    backend.close()
+    server.stop(grace=None)
+    worker.shutdown()
+
+
+@pytest.mark.parametrize("face", ["direct", "grpc"])
 @pytest.mark.parametrize("probe", PROBES, ids=[p.name for p in PROBES])
-def test_adversarial_probe_fails_to_break_its_guarantee(sandbox, probe):
-    held, results = probe.run(sandbox)
+def test_adversarial_probe_fails_to_break_its_guarantee(request, face, probe):
+    held, results = probe.run(request.getfixturevalue("sandbox" if face == "direct" else "grpc_sandbox"))
     assert held, f"{probe.guarantee}: {[(r.status.value, r.stdout[-300:], r.stderr[-300:]) for r in results]}"
 
 
@@ -211,3 +230,18 @@ def test_unread_stdin_does_not_block_the_timeout(sandbox):
     result = run(sandbox, "while True:\n    pass", stdin="x" * 300_000, timeout_s=1)
     assert result.status == Status.TIMEOUT and result.duration_s < 4
     assert run(sandbox, "print(len(input()))", stdin="y" * 300_000 + "\n").stdout == "300000\n"
+
+
+def test_cgroups_and_mounts_of_a_dead_worker_are_removed():
+    from runtime.sandbox.cgroups import PREFIX, controller_roots
+    from runtime.sandbox.scratch import ROOT
+
+    dead = 2 ** 22 + 17  # above pid_max here: no such process
+    roots, _ = controller_roots()
+    stale = [root / f"{PREFIX}{dead}-gone-0" for root in roots.values()] + [ROOT / f"{dead}-gone-0"]
+    for path in stale:
+        path.mkdir(parents=True, exist_ok=True)
+    backend = make_backend(SandboxConfig(timeout_s=5), tag="stale")
+    backend.check()
+    backend.close()
+    assert not [p for p in stale if p.exists()]
