@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.config import FactoryConfig
+from runtime.core.config import DataConfig
 from runtime.data.blend import Blend, EndOfData, StepBatch
 from runtime.data.store import BlendStore
-from runtime.errors import FactoryError
-from runtime.metrics import BlenderMetrics
+from runtime.core.errors import FactoryError
+from runtime.core.metrics import BlenderMetrics
 
 
 class ReplayWindowError(FactoryError):
@@ -40,9 +40,14 @@ class DataTimeout(FactoryError):
 
 
 class DataBlender:
-    def __init__(self, cfg: FactoryConfig, name: str = "blender"):
-        self.cfg = cfg
-        self.data = cfg.data
+    """Blends `data` for one run: documents drawn by (seed, step), tokenised with the tokenizer at
+    `tokenizer` (an HF model directory), provenance in RUN_DIR/<name>.sqlite."""
+
+    def __init__(self, data: DataConfig, seed: int, run_dir: str, tokenizer: str, name: str = "blender"):
+        self.data = data
+        self.seed = seed
+        self.run_dir = run_dir
+        self.tokenizer_path = str(tokenizer)
         self.name = name
         self._cv = threading.Condition()
         self._produced: dict[int, StepBatch] = {}
@@ -55,13 +60,11 @@ class DataBlender:
     def setup(self) -> dict[str, Any]:
         from transformers import AutoTokenizer
 
-        from runtime.modelbuild import resolve_model
-
-        if not self.cfg.experiment.run_dir:
+        if not self.run_dir:
             raise FactoryError("experiment.run_dir must be set before the blender starts (the driver sets it)")
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.cfg.model, self.cfg.experiment.seed))
-        self.store = BlendStore(Path(self.cfg.experiment.run_dir) / f"{self.name}.sqlite")
-        self.blend = Blend(self.data, self.cfg.experiment.seed, tokenizer, self.store)
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        self.store = BlendStore(Path(self.run_dir) / f"{self.name}.sqlite")
+        self.blend = Blend(self.data, self.seed, tokenizer, self.store)
         self.metrics = BlenderMetrics(self.name)
         self._thread = threading.Thread(target=self._produce_loop, name="blender-producer", daemon=True)
         self._thread.start()

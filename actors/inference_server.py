@@ -30,11 +30,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.config import InferenceConfig
-from runtime.errors import StaleVersionError
-from runtime.generation import Completion, GenerationRequest, GenerationResult
-from runtime.metrics import ServerMetrics
-from runtime.weights import as_tensor
+from runtime.core.config import InferenceConfig
+from runtime.core.errors import StaleVersionError
+from runtime.core.generation import Completion, GenerationRequest, GenerationResult
+from runtime.core.metrics import ServerMetrics
+from runtime.model.weights import as_tensor
 
 
 class InferenceServer:

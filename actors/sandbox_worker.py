@@ -12,7 +12,7 @@ import queue
 import threading
 from typing import Any
 
-from runtime.config import SandboxConfig
+from runtime.core.config import SandboxConfig
 from runtime.sandbox import Execution, ExecutionResult, SandboxBackend, make_backend
 from runtime.sandbox.requests import validate
 

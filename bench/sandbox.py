@@ -32,9 +32,9 @@ from pathlib import Path
 
 from rl.rewards.code_tests import code_test_rewards
 from rl.tasks import load_tasks
-from runtime.config import load_config
+from runtime.core.config import load_config
 from runtime.sandbox import Execution, Status
-from runtime.sandbox_pool import SandboxPool
+from runtime.pools.sandbox_pool import SandboxPool
 
 HUMANEVAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "humaneval_sample.jsonl"
 

@@ -2,7 +2,7 @@
 sending the weights to each server separately, and approaches the memcpy floor.
 
 For K servers (real vLLM InferenceServer actors) and models of several sizes:
-- broadcast: one `ray.put` of the state as numpy arrays (`runtime.weights.shareable`,
+- broadcast: one `ray.put` of the state as numpy arrays (`runtime.model.weights.shareable`,
   read zero-copy by every server), then `load_weights(version, ref)` on the K servers
   at once: what WeightBroadcaster.publish does; also shown with torch tensors in the
   object store, which every server copies when it reads them;
@@ -33,9 +33,9 @@ import torch
 from transformers import AutoConfig
 
 from actors.inference_server import InferenceServer
-from runtime.config import BuildConfig, load_config
-from runtime.modelbuild import count_parameters, ensure_built, init_model
-from runtime.weights import shareable
+from runtime.core.config import BuildConfig, load_config
+from runtime.model.build import count_parameters, ensure_built, init_model
+from runtime.model.weights import shareable
 
 SIZES = {"small": BuildConfig(preset="small"),
          "base": BuildConfig(preset="small", vocab_size=2048, hidden_size=768, intermediate_size=2048, num_layers=12,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import FactoryError
+from runtime.core.errors import FactoryError
+from runtime.core.jsonl import objects
 
 
 class PreferenceFileError(FactoryError):
@@ -22,15 +22,9 @@ class PreferencePair:
 
 def read_preference_pairs(path: str | Path) -> list[PreferencePair]:
     pairs = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            pair = PreferencePair(row["prompt"], row["chosen"], row["rejected"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise PreferenceFileError(f"{path}:{number}: expected {{prompt, chosen, rejected}}: {exc!r}") from None
+    for where, row in objects(path, PreferenceFileError):
+        pair = PreferencePair(*(row.get(key) for key in ("prompt", "chosen", "rejected")))
         if not all(isinstance(v, str) for v in (pair.prompt, pair.chosen, pair.rejected)):
-            raise PreferenceFileError(f"{path}:{number}: prompt, chosen and rejected must be strings")
+            raise PreferenceFileError(f"{where}: expected {{prompt, chosen, rejected}}, each a string")
         pairs.append(pair)
     return pairs

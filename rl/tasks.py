@@ -9,13 +9,12 @@ A malformed line is a TaskFileError naming the file and the line.
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import FactoryError
+from runtime.core.errors import FactoryError
+from runtime.core.jsonl import objects, parse_object
 
 HUMANEVAL_KEYS = {"task_id", "prompt", "canonical_solution", "test", "entry_point"}
 MBPP_KEYS = {"text", "code", "test_list"}
@@ -60,26 +59,18 @@ def load_tasks(path: str | Path) -> list[CodeTask]:
 
 
 def iter_tasks(path: str | Path) -> Iterator[CodeTask]:
-    path = Path(path)
-    if not path.is_file():
-        raise TaskFileError(f"{path}: no such task file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                task = parse_line(line, f"{path}:{number}")
-                if not isinstance(task, CodeTask):
-                    raise TaskFileError(f"{path}:{number}: an answer task; a code task file needs HumanEval or MBPP lines")
-                yield task
+    for where, row in objects(path, TaskFileError):
+        task = task_of(row, where)
+        if not isinstance(task, CodeTask):
+            raise TaskFileError(f"{where}: an answer task; a code task file needs HumanEval or MBPP lines")
+        yield task
 
 
 def parse_line(line: str, where: str) -> CodeTask | AnswerTask:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TaskFileError(f"{where}: not valid JSON: {exc.msg}") from None
-    if not isinstance(row, dict):
-        raise TaskFileError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return task_of(parse_object(line, where, TaskFileError), where)
+
+
+def task_of(row: dict, where: str) -> CodeTask | AnswerTask:
     try:
         if HUMANEVAL_KEYS <= row.keys():
             return humaneval_task(row)

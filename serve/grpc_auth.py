@@ -1,57 +1,31 @@
-"""Bind and token rules shared by the gRPC services (sandbox, weights).
+"""The gRPC services' server side (sandbox, weights): token check and start.
 
-127.0.0.1 needs no token. Any other address needs one, and every call must
-carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED
-before its handler runs. The token comes from an owner-only file or the
-environment (runtime/credentials.py), never from the config.
+The rule is runtime/core/credentials.py's: 127.0.0.1 needs no token, any other
+address needs one (from an owner-only file or the environment, never the
+config), and every call must carry `authorization: Bearer <token>` or is
+refused with UNAUTHENTICATED before its handler runs.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from runtime.config import SECRETS
-from runtime.credentials import read_secret
-from runtime.errors import ConfigError
-
-LOOPBACK = "127.0.0.1"
-
-
-def client_token(secret: str, token_file: str | None) -> str | None:
-    """The token of `secret` (a key of config.SECRETS) from `token_file`, else its variable; None if unset."""
-    env, file_field = SECRETS[secret]
-    return read_secret(env, token_file, file_field)
-
-
-def resolve_token(host: str, secret: str, token_file: str | None, token: str | None = None) -> str | None:
-    """The token a server binding `host` requires: `token` if given (Python callers), else as client_token.
-
-    Raises ConfigError off 127.0.0.1 when there is none, or when the file is unsafe."""
-    token = token or client_token(secret, token_file)
-    if host != LOOPBACK and not token:
-        env, file_field = SECRETS[secret]
-        raise ConfigError(f"{secret}: binding {host} needs a token ({env} or {file_field}, an owner-only file)")
-    return token
-
-
-def bearer(token: str | None) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")] if token else []
-
+from runtime.core.credentials import same_secret
+from runtime.core.errors import ConfigError
 
 class TokenInterceptor(grpc.ServerInterceptor):
     """Refuses every call whose metadata lacks `authorization: Bearer <token>`."""
 
     def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
+        self.expected = f"Bearer {token}"
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
-        given = dict(details.invocation_metadata).get("authorization", "").encode()
-        if handler is None or hmac.compare_digest(given, self.expected):
+        given = dict(details.invocation_metadata).get("authorization", "")
+        if handler is None or same_secret(given, self.expected):
             return handler
 
         def deny(request, context):

@@ -27,7 +27,6 @@ import asyncio
 import base64
 import binascii
 import collections
-import hmac
 import json
 import time
 from pathlib import Path
@@ -39,11 +38,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from ray import serve
 from starlette.datastructures import Headers
 
-from runtime.config import SECRETS, FactoryConfig, SamplingConfig
-from runtime.credentials import read_secret
-from runtime.errors import ConfigError
-from runtime.generation import GenerationRequest, GenerationResult, Workload
-from runtime.versions import VERSION, list_models
+from runtime.core.config import FactoryConfig, SamplingConfig
+from runtime.core import credentials
+from runtime.core.cluster import actor_name
+from runtime.core.generation import GenerationRequest, GenerationResult, Workload
+from runtime.model.versions import VERSION, list_models
 from serve.feedback import FeedbackStore
 
 SECRET = "playground.api_key"
@@ -65,12 +64,8 @@ def resolve_key(cfg: FactoryConfig) -> str | None:
     """The key every request must carry: from `playground.api_key_file`, else FACTORY_PLAYGROUND_KEY.
 
     None on 127.0.0.1 without one; ConfigError elsewhere without one, or with an unsafe file."""
-    env, file_field = SECRETS[SECRET]
-    key = read_secret(env, cfg.playground.api_key_file, file_field)
-    if cfg.playground.host != "127.0.0.1" and not key:
-        raise ConfigError(f"{SECRET}: binding {cfg.playground.host} needs an API key ({env} or {file_field}, "
-                          f"an owner-only file)")
-    return key
+    return credentials.required_secret(cfg.playground.host, SECRET, cfg.playground.api_key_file,
+                                       what="an API key")
 
 
 def authorised(header: str, key: str) -> bool:
@@ -83,7 +78,7 @@ def authorised(header: str, key: str) -> bool:
             return False
     elif scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(value.encode(), key.encode())
+    return credentials.same_secret(value, key)
 
 
 class KeyCheck:
@@ -146,7 +141,7 @@ async def _maybe_await(value):
 @serve.ingress(app)
 class Playground:
     def __init__(self, cfg_json: str, run_dir: str):
-        from runtime.metrics import PlaygroundMetrics
+        from runtime.core.metrics import PlaygroundMetrics
 
         self.cfg = FactoryConfig.model_validate_json(cfg_json)
         self.limits = self.cfg.playground
@@ -287,7 +282,7 @@ class Playground:
 
     def _label(self, model: str, result: GenerationResult) -> str:
         """The version that answered: a live server's weight version, else the saved model it loaded."""
-        if result.server.startswith(f"{self.cfg.experiment.name}/inference/"):
+        if result.server.startswith(actor_name(self.cfg.experiment.name, "inference", "")):
             return f"v{result.version}"
         return self._resolved_name(model)
 
@@ -353,7 +348,7 @@ class Playground:
         found = []
         for i in range(self.cfg.placement.inference.replicas):
             try:
-                found.append(ray.get_actor(f"{exp}/inference/{i}"))
+                found.append(ray.get_actor(actor_name(exp, "inference", i)))
             except ValueError:
                 pass
         return found
@@ -366,8 +361,8 @@ class Playground:
             ray.kill(old)
         placement = self.cfg.placement.inference
         handle = ray.remote(InferenceServer).options(
-            name=f"{self.cfg.experiment.name}/playground/{name}", get_if_exists=True, num_cpus=placement.num_cpus,
-            num_gpus=placement.num_gpus, max_concurrency=64,
+            name=actor_name(self.cfg.experiment.name, "playground", name), get_if_exists=True, num_cpus=placement.num_cpus,
+            num_gpus=placement.num_gpus, max_concurrency=placement.max_concurrency,
         ).remote(self.cfg.inference, str(list_models(self.run_dir)[name]), f"playground/{name}", 0, self.cfg.model.dtype)
         try:
             await asyncio.wait_for(handle.setup.remote(), timeout=self.cfg.inference.setup_timeout_s)

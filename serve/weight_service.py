@@ -9,11 +9,13 @@ from typing import Any
 
 import grpc
 
-from runtime.errors import FactoryError
-from runtime.weights import DEFAULT_CHUNK, VersionStore, from_chunks, to_chunks
+from runtime.core.config import WeightsGrpcConfig
+from runtime.core.errors import FactoryError
+from runtime.model.weights import DEFAULT_CHUNK, VersionStore, from_chunks, to_chunks
+from runtime.core import credentials
 from serve import grpc_auth
-from serve.protos import weights_pb2 as pb
-from serve.protos import weights_pb2_grpc as pb_grpc
+from runtime.protos import weights_pb2 as pb
+from runtime.protos import weights_pb2_grpc as pb_grpc
 
 SECRET = "weights.grpc.token"
 
@@ -38,21 +40,26 @@ class WeightServicer(pb_grpc.WeightServiceServicer):
             yield pb.TensorChunk(**chunk)
 
 
-def serve(store: VersionStore, host: str = grpc_auth.LOOPBACK, port: int = 0, token: str | None = None,
+def serve(store: VersionStore, host: str = credentials.LOOPBACK, port: int = 0, token: str | None = None,
           token_file: str | None = None) -> tuple[grpc.Server, int]:
     """Start a WeightService; `token` (else `token_file`, else FACTORY_WEIGHTS_TOKEN) is required off loopback."""
-    token = grpc_auth.resolve_token(host, SECRET, token_file, token)
+    token = credentials.required_secret(host, SECRET, token_file, token)
     servicer = WeightServicer(store)
     return grpc_auth.start_server(lambda server: pb_grpc.add_WeightServiceServicer_to_server(servicer, server),
                                   host, port, token, SECRET, workers=8,
                                   options=[("grpc.max_send_message_length", 64 << 20)])
 
 
+def expose(store: VersionStore, cfg: WeightsGrpcConfig) -> tuple[grpc.Server, int]:
+    """A WeightService over `store` as `weights.grpc` configures it (what a WeightBroadcaster is handed)."""
+    return serve(store, cfg.host, cfg.port, token_file=cfg.token_file)
+
+
 class WeightClient:
     def __init__(self, endpoint: str, token: str | None = None, timeout_s: float = 300.0):
         self.channel = grpc.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", 64 << 20)])
         self.stub = pb_grpc.WeightServiceStub(self.channel)
-        self.metadata = grpc_auth.bearer(token)
+        self.metadata = credentials.bearer(token)
         self.timeout_s = timeout_s
 
     def latest(self) -> int:

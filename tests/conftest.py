@@ -14,8 +14,8 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    from runtime.config import BuildConfig
-    from runtime.modelbuild import ensure_built
+    from runtime.core.config import BuildConfig
+    from runtime.model.build import ensure_built
 
     return ensure_built(BuildConfig(preset="tiny"), seed=0, cache_dir=tmp_path_factory.mktemp("models"))
 
@@ -33,7 +33,7 @@ class LocalRunner:
 @pytest.fixture(scope="session")
 def sandbox_runner():
     """A real bubblewrap sandbox without Ray, for reward code."""
-    from runtime.config import SandboxConfig
+    from runtime.core.config import SandboxConfig
     from runtime.sandbox import make_backend
 
     backend = make_backend(SandboxConfig(timeout_s=5), tag="tests")

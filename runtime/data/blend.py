@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime.config import DataConfig, SourceConfig
+from runtime.core.config import DataConfig, SourceConfig
 from runtime.data.packing import Packer, Sample
 from runtime.data.sources import Source, make_source
 from runtime.data.store import BlendStore
 from runtime.data.transforms import Filters, SeenKeys
-from runtime.errors import FactoryError
+from runtime.core.errors import FactoryError
 
 FINITE = ("jsonl", "parquet")
 MAX_CONSECUTIVE_DROPS = 10_000

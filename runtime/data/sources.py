@@ -7,15 +7,15 @@ after it), so a blender can stop anywhere and a replacement resume exactly.
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runtime import corpus
-from runtime.config import SourceConfig
-from runtime.errors import FactoryError
+from runtime.core.config import SourceConfig
+from runtime.core.errors import FactoryError
 
 
 class DataFileError(FactoryError):
@@ -30,26 +30,35 @@ class Document:
     license: str | None = None
 
 
-def _function_example(rng: random.Random) -> str:
-    from rl.procedural import function_example
-
-    return function_example(rng)
-
-
-def _linear_task(rng: random.Random) -> str:
-    from rl.procedural import task_record
-
-    return json.dumps(task_record(rng))
-
-
-GENERATORS: dict[str, Callable[[random.Random], str]] = {
-    "function_examples": _function_example,
-    "linear_tasks": _linear_task,
-    "arithmetic_tasks": lambda rng: json.dumps(corpus.arithmetic_task(rng)),
-    "python_functions": corpus.python_function,
-    "arithmetic": corpus.arithmetic,
-    "corpus": lambda rng: corpus.python_function(rng) if rng.random() < 0.5 else corpus.arithmetic(rng),
+GENERATORS: dict[str, str] = {
+    "function_examples": "rl.procedural:function_example",
+    "linear_tasks": "rl.procedural:task_record",
+    "arithmetic_tasks": "runtime.data.corpus:arithmetic_task",
+    "python_functions": "runtime.data.corpus:python_function",
+    "arithmetic": "runtime.data.corpus:arithmetic",
+    "corpus": "runtime.data.corpus:mixed",
 }
+"""Named generators and where they live. A source's `generator` is one of these names or any
+importable `module:function` taking a random.Random and returning a document (text, or a dict
+that becomes JSON). Resolved by import, so this layer knows no task family."""
+
+
+def generator(name: str, source: str) -> Callable[[random.Random], str]:
+    """The document function `name` stands for; FactoryError naming the source if it cannot be had."""
+    path = GENERATORS.get(name, name)
+    module, _, attr = path.partition(":")
+    try:
+        make = getattr(importlib.import_module(module), attr) if attr else None
+    except (ImportError, AttributeError, ValueError):
+        make = None
+    if not callable(make):
+        raise FactoryError(f"source {source}: unknown generator {name} (known: {', '.join(GENERATORS)}; "
+                           f"or an importable module:function)")
+    return lambda rng: _text(make(rng))
+
+
+def _text(document: str | dict) -> str:
+    return document if isinstance(document, str) else json.dumps(document)
 
 
 class Source:
@@ -77,9 +86,7 @@ class GeneratorSource(Source):
 
     def __init__(self, cfg: SourceConfig, seed: int):
         super().__init__(cfg)
-        if cfg.generator not in GENERATORS:
-            raise FactoryError(f"source {cfg.name}: unknown generator {cfg.generator} (known: {', '.join(GENERATORS)})")
-        self.make = GENERATORS[cfg.generator]
+        self.make = generator(cfg.generator or "", cfg.name)
         self.seed = seed
 
     def read(self, cursor: int, step: int) -> Iterator[tuple[Document, int]]:

@@ -24,13 +24,35 @@ CREATE TABLE IF NOT EXISTS sample_losses (step INTEGER, sample INTEGER, loss REA
 
 
 class BlendStore:
-    def __init__(self, path: Path | str):
+    """The one owner of the blender's schema; `read_only` opens a finished or running run's file for
+    `factory trace` without writing to it."""
+
+    def __init__(self, path: Path | str, read_only: bool = False):
         self.path = Path(path)
+        self.lock = threading.Lock()
+        if read_only:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
-        self.lock = threading.Lock()
+
+    def step_documents(self, step: int) -> list[tuple[int, str, str, int, int]]:
+        """(sample, source, doc_id, offset, length) of every piece of `step`, in sample order."""
+        with self.lock:
+            return self.db.execute("SELECT sample, source, doc_id, offset, length FROM documents WHERE step = ? "
+                                   "ORDER BY sample, rowid", (step,)).fetchall()
+
+    def last_step(self) -> int | None:
+        with self.lock:
+            return self.db.execute("SELECT MAX(step) FROM manifests").fetchone()[0]
+
+    def highest_losses(self, step: int, top: int) -> list[tuple[int, float]]:
+        """(sample, loss) of `step`'s `top` highest-loss samples, as the trainers reported them."""
+        with self.lock:
+            return self.db.execute("SELECT sample, loss FROM sample_losses WHERE step = ? ORDER BY loss DESC LIMIT ?",
+                                   (step, top)).fetchall()
 
     def add_seen(self, rows: list[tuple[str, int]]) -> None:
         with self.lock:

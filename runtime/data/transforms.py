@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from runtime.config import DataConfig
+from runtime.core.config import DataConfig
 from runtime.data.sources import Document
 
 MERSENNE = (1 << 61) - 1

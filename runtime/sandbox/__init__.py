@@ -57,7 +57,7 @@ raises SandboxUnavailable naming what is missing rather than run code unisolated
 
 from __future__ import annotations
 
-from runtime.config import SandboxConfig
+from runtime.core.config import SandboxConfig
 from runtime.sandbox.base import (Execution, ExecutionResult, SandboxBackend, SandboxUnavailable, Status,
                                   classify)
 
@@ -75,6 +75,6 @@ def make_backend(cfg: SandboxConfig, slots: int = 1, tag: str = "sandbox") -> Sa
         from runtime.sandbox.local import ProcessBackend
 
         return ProcessBackend(cfg, slots, tag)
-    from serve.sandbox_service import GrpcBackend
+    from runtime.sandbox.remote import GrpcBackend
 
     return GrpcBackend(cfg, slots, tag)

@@ -7,8 +7,8 @@ import signal
 import uuid
 from dataclasses import dataclass, field
 
-from runtime.config import SandboxConfig
-from runtime.errors import FactoryError
+from runtime.core.config import SandboxConfig
+from runtime.core.errors import FactoryError
 
 RESULT_TAIL = 4096
 PROBE = "import sys; print(sum(range(5)), sys.flags.isolated)"

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.config import SandboxConfig
+from runtime.core.config import SandboxConfig
 from runtime.sandbox import seccomp
 from runtime.sandbox.base import Execution, ExecutionResult, SandboxBackend, SandboxUnavailable, Status
 from runtime.sandbox.cgroups import CgroupsMissing, SlotCgroups

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runtime.config import SandboxConfig
+from runtime.core.config import SandboxConfig
 from runtime.sandbox.base import Execution, ExecutionResult, SandboxBackend, SandboxUnavailable, classify
 from runtime.sandbox.cgroups import CgroupsMissing, SlotCgroups
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from runtime.config import SandboxConfig
-from runtime.errors import FactoryError
+from runtime.core.config import SandboxConfig
+from runtime.core.errors import FactoryError
 from runtime.sandbox.base import Execution
 
 

@@ -8,8 +8,8 @@ import pytest
 import ray
 
 from actors.data_blender import DataBlender
-from runtime.cluster import actor_name
-from runtime.config import load_config
+from runtime.core.cluster import actor_name
+from runtime.core.config import load_config
 from runtime.data.store import BlendStore
 
 pytestmark = pytest.mark.cluster
@@ -18,7 +18,8 @@ SHARDS = 2
 
 def spawn(cfg):
     handle = ray.remote(DataBlender).options(name=actor_name(cfg.experiment.name, "blender", 0),
-                                            max_concurrency=8).remote(cfg, "blender/0")
+                                            max_concurrency=8).remote(
+        cfg.data, cfg.experiment.seed, cfg.experiment.run_dir, cfg.model.path, "blender/0")
     ray.get(handle.setup.remote(), timeout=120)
     return handle
 

@@ -11,11 +11,11 @@ import pytest
 import ray
 import torch
 
-from runtime.config import SamplingConfig, load_config
-from runtime.errors import StaleVersionError
-from runtime.generation import GenerationRequest
-from runtime.inference_pool import InferencePool
-from runtime.modelbuild import init_model
+from runtime.core.config import SamplingConfig, load_config
+from runtime.core.errors import StaleVersionError
+from runtime.core.generation import GenerationRequest
+from runtime.pools.inference_pool import InferencePool
+from runtime.model.build import init_model
 
 pytestmark = pytest.mark.cluster
 

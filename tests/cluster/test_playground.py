@@ -10,10 +10,10 @@ import torch
 from ray import serve
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from runtime.config import load_config
-from runtime.errors import ConfigError
-from runtime.modelbuild import init_model
-from runtime.versions import link_base, save_version
+from runtime.core.config import load_config
+from runtime.core.errors import ConfigError
+from runtime.model.build import init_model
+from runtime.model.versions import link_base, save_version
 from serve.playground import start
 
 pytestmark = pytest.mark.cluster

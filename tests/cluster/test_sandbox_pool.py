@@ -7,9 +7,9 @@ import time
 import pytest
 import ray
 
-from runtime.config import load_config
+from runtime.core.config import load_config
 from runtime.sandbox import Execution, Status
-from runtime.sandbox_pool import PoolStopped, SandboxPool
+from runtime.pools.sandbox_pool import PoolStopped, SandboxPool
 
 pytestmark = pytest.mark.cluster
 
@@ -84,7 +84,7 @@ def test_backpressure_blocks_then_refuses(ray_cluster):
     pool = SandboxPool(cfg).start()
     try:
         futures = [pool.submit(Execution("import time; time.sleep(1)")) for _ in range(3)]
-        from runtime.sandbox_pool import SandboxBusy
+        from runtime.pools.sandbox_pool import SandboxBusy
 
         with pytest.raises(SandboxBusy):
             for _ in range(5):

@@ -10,8 +10,8 @@ import pytest
 import ray
 
 from actors.data_blender import DataBlender
-from runtime.config import load_config
-from runtime.trainer_group import TrainerGroup
+from runtime.core.config import load_config
+from runtime.pools.trainer_group import TrainerGroup
 
 pytestmark = pytest.mark.cluster
 STEPS = 30
@@ -23,7 +23,8 @@ def trained(ray_cluster, tiny_model, tmp_path_factory):
     cfg = load_config("default", [f"model.path={tiny_model}", "experiment.name=test-train", f"experiment.run_dir={run}",
                                   "data.seq_len=64", "data.batch_size=8", "train.warmup_steps=3",
                                   f"train.total_steps={STEPS}"])
-    blender = ray.remote(DataBlender).options(name="test-train/blender/0", max_concurrency=8).remote(cfg)
+    blender = ray.remote(DataBlender).options(name="test-train/blender/0", max_concurrency=8).remote(
+        cfg.data, cfg.experiment.seed, str(run), str(tiny_model))
     ray.get(blender.setup.remote(), timeout=120)
     group = TrainerGroup(cfg, tiny_model).start()
     history = [group.train_step(blender, step) for step in range(STEPS)]

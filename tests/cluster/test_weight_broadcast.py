@@ -12,13 +12,13 @@ import torch
 from transformers import AutoConfig
 
 from actors.weight_broadcaster import WeightBroadcaster
-from runtime.config import SamplingConfig, load_config
-from runtime.errors import ConfigError, StaleVersionError
-from runtime.generation import GenerationRequest
-from runtime.inference_pool import InferencePool
-from runtime.modelbuild import init_model
-from runtime.weights import VersionStore, shareable
-from serve.weight_service import WeightClient, serve
+from runtime.core.config import SamplingConfig, load_config
+from runtime.core.errors import ConfigError, StaleVersionError
+from runtime.core.generation import GenerationRequest
+from runtime.pools.inference_pool import InferencePool, server_names
+from runtime.model.build import init_model
+from runtime.model.weights import VersionStore, shareable
+from serve.weight_service import WeightClient, expose, serve
 
 pytestmark = pytest.mark.cluster
 PROMPT = [5, 6, 7, 8]
@@ -34,7 +34,8 @@ def setup(ray_cluster, tiny_model):
     cfg = load_config("default", [f"model.path={tiny_model}", "experiment.name=test-weights",
                                   "inference.cpu_bind=nobind", "weights.grpc.enabled=true"])
     pool = InferencePool(cfg, tiny_model).start()
-    broadcaster = ray.remote(WeightBroadcaster).options(name="test-weights/broadcaster/0").remote(cfg)
+    broadcaster = ray.remote(WeightBroadcaster).options(name="test-weights/broadcaster/0").remote(
+        cfg.weights, server_names(cfg), expose=expose)
     info = ray.get(broadcaster.setup.remote(), timeout=60)
     yield cfg, pool, broadcaster, info["endpoint"]
     ray.get(broadcaster.shutdown.remote(), timeout=30)
@@ -58,9 +59,9 @@ def test_one_put_reaches_every_server_and_matches_transformers(setup, tiny_model
 
 OUTSIDE = """
 import json, sys
-from runtime.config import SamplingConfig, load_config
+from runtime.core.config import SamplingConfig, load_config
 from actors.inference_server import InferenceServer
-from runtime.generation import GenerationRequest
+from runtime.core.generation import GenerationRequest
 from serve.weight_service import WeightClient
 cfg = load_config("default", ["inference.cpu_bind=nobind"])
 server = InferenceServer(cfg.inference, sys.argv[1], "outside/0")
@@ -106,7 +107,8 @@ def test_a_replacement_server_catches_up_to_the_broadcast_version(ray_cluster, t
 
     cfg = load_config("default", [f"model.path={tiny_model}", "experiment.name=test-catchup",
                                   "inference.cpu_bind=nobind"])
-    broadcaster = ray.remote(WeightBroadcaster).options(name="test-catchup/broadcaster/0").remote(cfg)
+    broadcaster = ray.remote(WeightBroadcaster).options(name="test-catchup/broadcaster/0").remote(
+        cfg.weights, server_names(cfg))
     ray.get(broadcaster.setup.remote(), timeout=60)
     pool = InferencePool(cfg, tiny_model, latest=latest_of(broadcaster)).start()
     try:

@@ -9,9 +9,9 @@ from ray import serve
 from transformers import AutoConfig
 
 from rl.preferences import PreferencePair, read_preference_pairs
-from runtime.config import load_config
-from runtime.modelbuild import init_model
-from runtime.versions import link_base, save_version
+from runtime.core.config import load_config
+from runtime.model.build import init_model
+from runtime.model.versions import link_base, save_version
 from serve.playground import start
 
 pytestmark = pytest.mark.e2e

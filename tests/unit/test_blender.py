@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from actors.data_blender import DataBlender
-from runtime.config import load_config
+from runtime.core.config import load_config
 from runtime.data.blend import EndOfData, document_ids
 from runtime.data.sources import DataFileError
 
@@ -25,7 +25,7 @@ def make(tmp_path, tiny_model):
     def make(*overrides, run_dir=None):
         cfg = load_config("default", [f"model.path={tiny_model}", f"experiment.run_dir={run_dir or tmp_path / 'run'}",
                                       *BLEND, *overrides])
-        blender = DataBlender(cfg)
+        blender = DataBlender(cfg.data, cfg.experiment.seed, cfg.experiment.run_dir, tiny_model)
         blender.setup()
         started.append(blender)
         return blender

@@ -6,8 +6,8 @@ import sys
 import pytest
 from pydantic import BaseModel
 
-from runtime.config import FactoryConfig, all_field_paths, apply_override, load_config
-from runtime.errors import ConfigError
+from runtime.core.config import FactoryConfig, all_field_paths, apply_override, load_config
+from runtime.core.errors import ConfigError
 
 
 def test_default_recipe_resolves_presets():
@@ -64,6 +64,14 @@ def test_cross_field_check():
         load_config("default", ["model.build.hidden_size=130"])
 
 
+def test_post_training_stages_are_checked_before_any_work():
+    with pytest.raises(ConfigError, match="dpo.steps needs dpo.pairs"):
+        load_config("default", ["dpo.steps=3"])
+    with pytest.raises(ConfigError, match="rl.algorithm"):
+        load_config("default", ["rl.algorithm=ppo"])
+    assert load_config("default", ["rl.algorithm=rloo"]).rl.algorithm == "rloo"
+
+
 def _sections(model: type[BaseModel]):
     yield model
     for field in model.model_fields.values():
@@ -79,7 +87,7 @@ def test_every_field_has_a_docstring():
 
 
 def test_config_and_cli_import_without_heavy_modules():
-    code = ("import sys, runtime.config, runtime.cli; heavy = [m for m in ('torch', 'ray', 'vllm') if m in sys.modules];"
+    code = ("import sys, runtime.core.config, runtime.cli.main; heavy = [m for m in ('torch', 'ray', 'vllm') if m in sys.modules];"
             " print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

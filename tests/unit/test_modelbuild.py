@@ -4,9 +4,9 @@ import hashlib
 
 import pytest
 
-from runtime.config import BuildConfig, ModelConfig
-from runtime.errors import ModelPathError
-from runtime.modelbuild import count_parameters, ensure_built, resolve_model
+from runtime.core.config import BuildConfig, ModelConfig
+from runtime.core.errors import ModelPathError
+from runtime.model.build import count_parameters, ensure_built, resolve_model
 
 
 def digest(path):

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from ray import serve
 
-from runtime.config import load_config
-from runtime.errors import ConfigError
+from runtime.core.config import load_config
+from runtime.core.errors import ConfigError
 from serve import playground
 
 PATHS = ["/", "/docs", "/openapi.json", "/redoc", "/v1/models", "/feedback/pairs.jsonl", "/nowhere"]

@@ -5,9 +5,9 @@ import struct
 
 import pytest
 
-from runtime.errors import FactoryError
-from runtime.report import plot, table
-from runtime.tracking import Tracker
+from runtime.core.errors import FactoryError
+from runtime.jobs.report import plot, table
+from runtime.jobs.tracking import Tracker
 
 STAGES = [{"stage": "pretrain", "steps": 150, "pass_at_1": 0.148, "tokens_per_s": 23876.4, "wall_s": 14.1},
           {"stage": "rl", "steps": 30, "pass_at_1": 0.273, "tokens_per_s": None, "wall_s": 43.7}]

@@ -9,8 +9,9 @@ import pytest
 from actors.sandbox_worker import SandboxWorker
 from rl.rewards.code_tests import code_test_rewards, execution
 from rl.tasks import CodeTask, load_tasks
-from runtime.config import SandboxConfig
-from serve.sandbox_service import SandboxClient, serve
+from runtime.core.config import SandboxConfig
+from runtime.sandbox.remote import SandboxClient
+from serve.sandbox_service import serve
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ADD = load_tasks(DATA / "humaneval_sample.jsonl")[0]  # def add(a, b): 4 cases, each `assert candidate(..) == N`

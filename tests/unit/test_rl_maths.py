@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from rl.dpo import dpo_loss, sequence_logprobs
-from rl.grpo import group_advantages, grpo_loss
-from rl.off_policy import truncated_importance_weights
-from rl.rloo import reinforce_pp_advantages, rloo_advantages
+from rl.algorithms.dpo import dpo_loss, sequence_logprobs
+from rl.algorithms.grpo import group_advantages, grpo_loss
+from rl.algorithms.off_policy import truncated_importance_weights
+from rl.algorithms.reinforce_pp import reinforce_pp_advantages
+from rl.algorithms.rloo import rloo_advantages
 from rl.sft import label_mask, segment_attention_mask, segment_positions, sft_loss
 
 

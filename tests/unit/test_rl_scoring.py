@@ -7,10 +7,10 @@ import pytest
 
 from rl.procedural import task_record
 from rl.tasks import AnswerTask, CodeTask, TaskFileError, parse_line
-from runtime.corpus import arithmetic_task
-from runtime.generation import Completion, GenerationResult
-from runtime.rl_loop import score
-from runtime.sft_loop import reference
+from runtime.data.corpus import arithmetic_task
+from runtime.core.generation import Completion, GenerationResult
+from runtime.jobs.rl_loop import score
+from runtime.jobs.sft_loop import reference
 
 
 @pytest.fixture

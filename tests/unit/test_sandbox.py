@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import SandboxConfig
+from runtime.core.config import SandboxConfig
 from runtime.sandbox import Execution, SandboxUnavailable, Status, make_backend
 from runtime.sandbox.selftest import PROBES
 

@@ -15,12 +15,13 @@ import grpc
 import pytest
 
 from actors.sandbox_worker import SandboxWorker
-from runtime.config import SandboxConfig, SandboxGrpcConfig
-from runtime.errors import ConfigError
+from runtime.core.config import SandboxConfig, SandboxGrpcConfig
+from runtime.core.errors import ConfigError
 from runtime.sandbox import Execution, ExecutionResult, Status, make_backend
-from serve.protos import sandbox_pb2 as pb
-from serve.protos import sandbox_pb2_grpc as pb_grpc
-from serve.sandbox_service import SandboxClient, serve
+from runtime.protos import sandbox_pb2 as pb
+from runtime.protos import sandbox_pb2_grpc as pb_grpc
+from runtime.sandbox.remote import SandboxClient
+from serve.sandbox_service import serve
 
 TOKEN_ENV = "FACTORY_SANDBOX_TOKEN"
 

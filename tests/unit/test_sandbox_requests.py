@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from runtime.config import SandboxConfig
+from runtime.core.config import SandboxConfig
 from runtime.sandbox import Execution
 from runtime.sandbox.requests import InvalidExecution, validate
 
@@ -42,7 +42,7 @@ def test_the_error_crosses_processes_intact():
 
 def test_a_worker_refuses_an_invalid_request_before_taking_a_slot():
     from actors.sandbox_worker import SandboxWorker
-    from runtime.config import SandboxConfig
+    from runtime.core.config import SandboxConfig
     from runtime.sandbox import Execution
 
     worker = SandboxWorker(SandboxConfig(timeout_s=5), "requests/sandbox/0")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.client import CONFIG_ENV, FactoryClient
-from runtime.config import SECRETS, load_config
-from runtime.credentials import read_secret
-from runtime.errors import ConfigError
+from runtime.cli.client import CONFIG_ENV, FactoryClient
+from runtime.core.config import SECRETS, load_config
+from runtime.core.credentials import read_secret
+from runtime.core.errors import ConfigError
 
 ENV_TOKEN, FILE_TOKEN = "env-token-5e3c7a", "file-token-9b1d44"
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from runtime.errors import StaleVersionError
-from runtime.weights import VersionStore, from_chunks, to_chunks
+from runtime.core.errors import StaleVersionError
+from runtime.model.weights import VersionStore, from_chunks, to_chunks
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

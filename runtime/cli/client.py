@@ -1,0 +1,99 @@
+"""Python client: load a recipe, then run it here or submit it to a cluster as a Ray job.
+
+The CLI is a thin layer over this class; both go through the same code.
+
+    from runtime.cli.client import FactoryClient
+    client = FactoryClient()
+    cfg = client.load("default", ["placement.inference.replicas=1"])
+    job_id = client.submit(cfg)          # or: client.run(cfg)
+    client.wait(job_id)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from runtime.core.config import FactoryConfig, load_config, validate_tree
+from runtime.core.errors import ConfigError, FactoryError
+
+CONFIG_ENV = "FACTORY_CONFIG"
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class FactoryClient:
+    def __init__(self, address: str | None = None):
+        """`address`: the cluster's dashboard (http://host:8265); empty uses RAY_ADDRESS or the local cluster."""
+        self.address = address
+
+    @staticmethod
+    def load(recipe: str | None = None, overrides: list[str] = ()) -> FactoryConfig:
+        return load_config(recipe, list(overrides))
+
+    @staticmethod
+    def run(cfg: FactoryConfig):
+        from runtime.jobs import driver
+
+        return driver.run(cfg)
+
+    def submit(self, cfg: FactoryConfig, entrypoint: str = "factory run --config-env " + CONFIG_ENV) -> str:
+        """Submit the resolved config as a Ray job; returns the job id."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        return self._jobs().submit_job(
+            entrypoint=entrypoint,
+            submission_id=f"{cfg.experiment.name}-{stamp}-{os.urandom(2).hex()}",
+            runtime_env={"env_vars": {CONFIG_ENV: cfg.model_dump_json()}},
+            metadata={"experiment": cfg.experiment.name},
+        )
+
+    def status(self, job_id: str) -> str:
+        return str(self._jobs().get_job_status(job_id).value)
+
+    def logs(self, job_id: str) -> str:
+        return self._jobs().get_job_logs(job_id)
+
+    def follow(self, job_id: str, write: Callable[[str], object] = print) -> str:
+        """Stream the job's logs to `write` until it ends; returns its final status."""
+        import asyncio
+
+        async def tail() -> None:
+            async for chunk in self._jobs().tail_job_logs(job_id):
+                write(chunk)
+
+        asyncio.run(tail())
+        return self.status(job_id)
+
+    def stop(self, job_id: str) -> bool:
+        return self._jobs().stop_job(job_id)
+
+    def wait(self, job_id: str, timeout: float = 1800.0, poll: float = 1.0) -> str:
+        deadline = time.monotonic() + timeout
+        while (status := self.status(job_id)) not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise FactoryError(f"job {job_id} still {status} after {timeout}s")
+            time.sleep(poll)
+        return status
+
+    def _jobs(self):
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+        from ray.job_submission import JobSubmissionClient
+
+        # As ray.init does: send the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) if there is one.
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        try:
+            return JobSubmissionClient(self.address)
+        except ConnectionError as exc:
+            raise FactoryError(f"cannot reach a Ray cluster at {self.address or 'RAY_ADDRESS/local'}: {exc}") from None
+
+
+def config_from_env(name: str = CONFIG_ENV) -> FactoryConfig:
+    """The resolved config a submitted job carries in its environment."""
+    import json
+
+    raw = os.environ.get(name)
+    if not raw:
+        raise ConfigError(f"environment variable {name} is not set")
+    return validate_tree(json.loads(raw), source=f"${name}")

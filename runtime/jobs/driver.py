@@ -1,0 +1,180 @@
+"""The experiment driver: wires the actors and steps the job. It reads as the job.
+
+The main job: build (or find) the model; start the run's parts (runtime/jobs/parts.py);
+sample from version 0; pre-train on the blended stream; publish version 1 (one
+object-store copy, every server reloads in place; saved under RUN_DIR/versions);
+pass@1 on held-out tasks; optional SFT, DPO and RL, each evaluated; then
+summary.json, plot.png and a table of the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runtime.core.config import FactoryConfig
+from runtime.core.generation import GenerationRequest, GenerationResult, Workload
+
+if TYPE_CHECKING:
+    from runtime.jobs.parts import RunParts
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    versions: dict[str, int]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run(cfg: FactoryConfig) -> RunResult:
+    from runtime.core.cluster import connect
+    from runtime.jobs.parts import start
+    from runtime.model.build import resolve_model
+    from runtime.jobs.tracking import Tracker
+    from runtime.model.versions import link_base
+
+    model_path = resolve_model(cfg.model, cfg.experiment.seed)
+    run_dir = prepare_run_dir(cfg)
+    tracker = Tracker(run_dir, cfg.experiment.trackers, cfg.experiment.name)
+    say(f"model: {model_path}")
+    say(f"dashboard: {connect(cfg.cluster)}")
+    link_base(run_dir, model_path)
+    parts = start(cfg, model_path, run_dir, say)
+    try:
+        samples = sample(parts.pool, cfg)
+        started, history = time.perf_counter(), pretrain(cfg, parts, tracker)
+        versions = publish(parts, run_dir, version=1)
+        say(f"published version 1: {versions}")
+        samples += sample(parts.pool, cfg)
+        stages = [stage_row("pretrain", history, started, evaluate(parts, cfg, tracker, "pretrain"))]
+        stages += post_train(cfg, parts, run_dir, tracker)
+    finally:
+        parts.stop()
+        tracker.close()
+    write_jsonl(run_dir / "samples.jsonl", samples)
+    print_samples(samples)
+    return RunResult(run_dir, versions, samples, finish(cfg, run_dir, stages))
+
+
+def post_train(cfg: FactoryConfig, parts: RunParts, run_dir: Path, tracker) -> list[dict]:
+    """SFT, DPO and RL (each optional), each evaluated by pass@1 on held-out tasks. Each stage
+    publishes versions after the last one published; the last is saved."""
+    from runtime.jobs.dpo_loop import run_dpo
+    from runtime.jobs.rl_loop import run_rl
+    from runtime.jobs.sft_loop import run_sft
+
+    stages, version = [], 1
+    for stage, steps, run_stage in (("sft", cfg.sft.steps, run_sft), ("dpo", cfg.dpo.steps, run_dpo),
+                                    ("rl", cfg.rl.steps, run_rl)):
+        if steps:
+            started = time.perf_counter()
+            history, version = run_stage(parts, cfg, version + 1, tracker.log)
+            stages.append(stage_row(stage, history, started, evaluate(parts, cfg, tracker, stage)))
+    if version > 1:
+        parts.trainers.save(run_dir / "versions" / f"v{version}")
+    return stages
+
+
+STAGES = ("pretrain", "sft", "dpo", "rl")
+
+
+def evaluate(parts: RunParts, cfg: FactoryConfig, tracker, stage: str) -> float:
+    from runtime.jobs.rl_loop import pass_at_1
+
+    value = pass_at_1(parts, cfg)
+    tracker.log({"stage": "eval", "after": stage, "step": STAGES.index(stage), "pass_at_1": value})
+    say(f"pass@1 on {cfg.rl.eval_tasks} held-out tasks x {cfg.rl.eval_samples} samples after {stage}: {value:.3f}")
+    return value
+
+
+def stage_row(stage: str, history: list[dict[str, Any]], started: float, pass_at_1: float | None = None) -> dict:
+    rates = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
+    return {"stage": stage, "steps": len(history), "pass_at_1": pass_at_1,
+            "tokens_per_s": sum(rates) / len(rates) if rates else None, "wall_s": time.perf_counter() - started,
+            "history": history}
+
+
+def finish(cfg: FactoryConfig, run_dir: Path, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json, plot.png and the table on stdout."""
+    from runtime.jobs.report import plot, table
+
+    records = [row for s in stages for row in s["history"]]
+    rows = [{k: v for k, v in s.items() if k != "history"} for s in stages]
+    rl = next((s["history"] for s in stages if s["stage"] == "rl"), [])
+    summary = {"stages": rows, "pass_at_1": {s["stage"]: s["pass_at_1"] for s in rows},
+               "pretrain_steps": rows[0]["steps"], "sft_steps": cfg.sft.steps, "rl_steps": len(rl),
+               "final_loss": stages[0]["history"][-1]["loss"] if stages[0]["history"] else None,
+               "rl": {k: rl[-1][k] for k in ("groups_produced", "groups_used", "dropped_stale", "dropped_unused")}
+               if rl else None,
+               "rl_reward_first_last": [rl[0]["reward"], rl[-1]["reward"]] if rl else None}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(records, rows, run_dir / "plot.png")
+    say(f"summary ({run_dir}):\n{table(rows)}")
+    return summary
+
+
+def pretrain(cfg: FactoryConfig, parts: RunParts, tracker) -> list[dict[str, Any]]:
+    """`train.total_steps` steps on the blended stream; metrics to the tracker, a progress bar to stderr."""
+    from tqdm import tqdm
+
+    history = []
+    with tqdm(range(cfg.train.total_steps), desc="pre-train") as bar:
+        for step in bar:
+            metrics = {"stage": "pretrain", **parts.trainers.train_step(parts.blender, step)}
+            history.append(metrics)
+            tracker.log(metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+    say(f"pre-training loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f} over {len(history)} steps")
+    return history
+
+
+def publish(parts: RunParts, run_dir: Path, version: int) -> dict[str, int]:
+    """Rank 0's weights, put once, reloaded in place by every server; saved as RUN_DIR/versions/vN."""
+    from runtime.model.versions import version_dir
+
+    versions = parts.trainers.publish(parts.broadcaster, version)
+    parts.trainers.save(version_dir(run_dir, version))
+    return versions
+
+
+def prepare_run_dir(cfg: FactoryConfig) -> Path:
+    """Create the run directory, record it in the config, save and print the resolved config."""
+    exp = cfg.experiment
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run_dir = Path(exp.run_dir or Path(exp.runs_root) / f"{exp.name}-{stamp}").expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    exp.run_dir = str(run_dir)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    say(f"run directory: {run_dir}\n--- resolved config ---\n{cfg.to_yaml()}-----------------------")
+    return run_dir
+
+
+def sample(pool, cfg: FactoryConfig) -> list[dict[str, Any]]:
+    requests = [
+        GenerationRequest(prompt=p, sampling=cfg.inference.sampling, workload=Workload.EVAL)
+        for p in cfg.inference.probe_prompts
+    ]
+    return [summarise(r) for r in pool.generate(requests)]
+
+
+def summarise(result: GenerationResult) -> dict[str, Any]:
+    c = result.completions[0]
+    return {"version": result.version, "server": result.server, "prompt": result.prompt, "completion": c.text,
+            "tokens": len(c.token_ids), "finish_reason": c.finish_reason}
+
+
+def print_samples(samples: list[dict[str, Any]]) -> None:
+    for s in samples:
+        say(f"[v{s['version']} {s['server']}] {s['prompt']!r} -> {s['completion']!r}")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def say(message: str) -> None:
+    print(f"[factory] {message}", flush=True)

@@ -1,0 +1,268 @@
+"""The RL stage: it reads as the algorithm.
+
+    tasks (a blender of task documents) -> InferencePool: n samples per task, with logprobs
+    -> SandboxPool: code tests -> rewards -> the algorithm's advantages (`rl.algorithm`)
+    -> TrainerShards: its loss + truncated importance sampling -> WeightBroadcaster: version v+1
+
+sync: those in turn, so every rollout comes from the version being trained (staleness 0).
+async: a producer thread keeps up to `rl.queue_steps` steps of scored rollouts ready while the
+trainers train and publish; the servers reload between requests, so a group is sampled from
+whatever version they hold then. Groups more than `rl.max_staleness` versions behind the
+trainer are dropped and counted (reason `stale`); groups still queued at the end are counted
+as `unused`. Every group is either trained on or counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rl import procedural
+from rl.algorithms import PolicyGradient, policy_gradient
+from rl.rewards.code_tests import code_test_rewards
+from rl.rewards.exact_answer import exact_answer_reward
+from rl.tasks import AnswerTask, CodeTask
+from runtime.core.config import FactoryConfig, SamplingConfig
+from runtime.core.errors import FactoryError
+from runtime.core.generation import GenerationRequest, GenerationResult, Workload
+from runtime.core.metrics import RLMetrics
+from runtime.jobs.task_stream import Task
+
+if TYPE_CHECKING:
+    from runtime.jobs.parts import RunParts
+
+
+@dataclass
+class Group:
+    """One task's completions, their rewards, and the version that sampled them."""
+
+    task: Task
+    result: GenerationResult
+    rewards: torch.Tensor
+    statuses: list[str]
+    """Sandbox status per completion: a `sandbox_error` scored 0 is counted, not hidden."""
+
+    @property
+    def version(self) -> int:
+        return self.result.version
+
+
+def algorithm_of(cfg: FactoryConfig) -> PolicyGradient:
+    rl = cfg.rl
+    return policy_gradient(rl.algorithm, rl.clip_low, rl.clip_high, rl.kl_coef)
+
+
+def run_rl(parts: RunParts, cfg: FactoryConfig, first_version: int, record) -> tuple[list[dict[str, Any]], int]:
+    """`rl.steps` steps, each publishing version first_version + step; `record(metrics)` after each.
+    Returns the history and the last version published."""
+    from tqdm import tqdm
+
+    ray_metrics = RLMetrics(cfg.experiment.name)
+    algorithm = algorithm_of(cfg)
+    loop = SyncRollouts(parts, cfg) if cfg.rl.mode == "sync" else AsyncRollouts(parts, cfg, ray_metrics)
+    history, version = [], first_version - 1
+    try:
+        with tqdm(range(cfg.rl.steps), desc=f"rl ({cfg.rl.mode}, {algorithm.name})") as bar:
+            for step in bar:
+                groups, waited = loop.take(version)
+                metrics = train_and_publish(parts, cfg, groups, version + 1, algorithm)
+                version += 1
+                history.append({"stage": "rl", **metrics, "step": step + 1, **loop.counts(), "wait_s": waited})
+                record(history[-1])
+                ray_metrics.step(history[-1])
+                bar.set_postfix(reward=f"{metrics['reward']:.2f}", stale=history[-1]["dropped_stale"])
+    finally:
+        loop.stop()
+    if history:
+        history[-1].update(loop.counts())
+    return history, version
+
+
+def train_and_publish(parts: RunParts, cfg: FactoryConfig, groups: list[Group], version: int,
+                      algorithm: PolicyGradient) -> dict[str, Any]:
+    """One `algorithm` step on `groups`, then `version` to every server."""
+    started = time.perf_counter()
+    rewards = torch.stack([g.rewards for g in groups])
+    advantages = algorithm.advantages(rewards)
+    metrics = parts.trainers.rl_step(experience(groups, advantages), algorithm)
+    parts.trainers.publish(parts.broadcaster, version)
+    staleness = [version - 1 - g.version for g in groups]
+    tokens = sum(len(c.token_ids) for g in groups for c in g.result.completions)
+    return {**metrics, "version": version, "groups": len(groups), "reward": rewards.mean().item(),
+            "solved_groups": int((rewards.max(dim=1).values > 0).sum()),
+            "staleness_max": max(staleness), "staleness_mean": sum(staleness) / len(staleness),
+            "rollout_versions": sorted({g.version for g in groups}), "rollout_tokens": tokens,
+            "completions_by_status": dict(collections.Counter(st for g in groups for st in g.statuses)),
+            "train_s": time.perf_counter() - started}
+
+
+def experience(groups: list[Group], advantages: torch.Tensor) -> list[dict[str, Any]]:
+    return [{"prompt_ids": g.result.prompt_token_ids, "completion_ids": c.token_ids, "logprobs": c.logprobs,
+             "advantage": advantages[i, j].item()}
+            for i, g in enumerate(groups) for j, c in enumerate(g.result.completions)]
+
+
+# ---- producing rollouts ----------------------------------------------------
+
+
+def collect(parts: RunParts, cfg: FactoryConfig, sampling: SamplingConfig | None = None) -> list[Group]:
+    """The task stream's next step, sampled `group_size` times per task and scored in the sandbox.
+
+    The tasks go in `rl.rollout_chunks` chunks: the sandbox pool scores a chunk while the
+    inference pool samples the next, so neither waits for the whole step."""
+    tasks = parts.task_stream.next()
+    size = -(-len(tasks) // cfg.rl.rollout_chunks)
+    scoring = []
+    with ThreadPoolExecutor(1, thread_name_prefix="scorer") as scorer:
+        for chunk in (tasks[i : i + size] for i in range(0, len(tasks), size)):
+            results = sample(parts.pool, chunk, cfg, cfg.rl.group_size, Workload.ROLLOUT, sampling)
+            scoring.append((chunk, results, scorer.submit(score, parts.sandbox, chunk, results)))
+        groups = []
+        for chunk, results, scored in scoring:
+            rewards, statuses = scored.result(timeout=cfg.inference.request_timeout_s)
+            groups += [Group(t, r, rw, st) for t, r, rw, st in zip(chunk, results, rewards, statuses)]
+    return groups
+
+
+def sample(pool, tasks: list[Task], cfg: FactoryConfig, n: int, workload: Workload,
+           sampling: SamplingConfig | None = None) -> list[GenerationResult]:
+    """n completions per task; by default one line each (the returned expression), at rl.temperature."""
+    sampling = sampling or SamplingConfig(n=n, temperature=cfg.rl.temperature, max_tokens=cfg.rl.max_tokens, stop=["\n"])
+    return pool.generate([GenerationRequest(prompt=t.prompt, sampling=sampling, workload=workload) for t in tasks])
+
+
+def score(sandbox, tasks: list[Task], results: list[GenerationResult]) -> tuple[torch.Tensor, list[list[str]]]:
+    """[tasks, n] rewards and each completion's status. A completion is scored by its first line.
+    Code tasks: 1.0 when it passes every test, in the sandbox pool (one execution per completion,
+    judged outside). Answer tasks: the exact-answer reward (status `exact`)."""
+    pairs = [(t, c.text.split("\n", 1)[0]) for t, r in zip(tasks, results) for c in r.completions]
+    scored: list[tuple[float, str]] = [(0.0, "")] * len(pairs)
+    code = [i for i, (t, _) in enumerate(pairs) if isinstance(t, CodeTask)]
+    tested = code_test_rewards(sandbox, [pairs[i][0] for i in code], [pairs[i][1] for i in code])
+    for i, reward in zip(code, tested):
+        scored[i] = (float(reward.passed), reward.status)
+    for i, (task, completion) in enumerate(pairs):
+        if isinstance(task, AnswerTask):
+            scored[i] = (exact_answer_reward(completion, task.answer), "exact")
+    n = len(pairs) // max(1, len(tasks))
+    statuses = [[st for _, st in scored[i * n : (i + 1) * n]] for i in range(len(tasks))]
+    return torch.tensor([r for r, _ in scored]).view(len(tasks), -1), statuses
+
+
+def pass_at_1(parts: RunParts, cfg: FactoryConfig) -> float:
+    """Mean success over `eval_samples` samples of each held-out task (a task family the
+    training stream draws with another seed)."""
+    tasks = procedural.tasks(cfg.experiment.seed, cfg.rl.eval_tasks, prefix="eval")
+    results = sample(parts.pool, tasks, cfg, cfg.rl.eval_samples, Workload.EVAL)
+    return score(parts.sandbox, tasks, results)[0].mean().item()
+
+
+class SyncRollouts:
+    """Generate the step's rollouts when the trainer asks for them: always the current version."""
+
+    def __init__(self, parts: RunParts, cfg: FactoryConfig):
+        self.parts, self.cfg = parts, cfg
+        self.used = 0
+
+    def take(self, version: int) -> tuple[list[Group], float]:
+        started = time.perf_counter()
+        groups = collect(self.parts, self.cfg)
+        self.used += len(groups)
+        return groups, time.perf_counter() - started
+
+    def counts(self) -> dict[str, int]:
+        return {"groups_produced": self.used, "groups_used": self.used, "dropped_stale": 0, "dropped_unused": 0}
+
+    def stop(self) -> None:
+        pass
+
+
+class AsyncRollouts:
+    """A producer thread fills a bounded queue of scored groups; `take` drops the stale ones."""
+
+    def __init__(self, parts: RunParts, cfg: FactoryConfig, metrics: RLMetrics):
+        self.parts, self.cfg, self.metrics = parts, cfg, metrics
+        self.queue: queue.Queue[Group] = queue.Queue(cfg.rl.queue_steps * cfg.rl.prompts_per_step)
+        self.error: BaseException | None = None
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.dropped_lock = threading.Lock()  # the producer and stop() both count `unused`
+        self.used = self.produced = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="rollout-producer", daemon=True)
+        self.thread.start()
+
+    def take(self, version: int) -> tuple[list[Group], float]:
+        """`prompts_per_step` groups at most `max_staleness` versions behind `version`."""
+        started, groups = time.perf_counter(), []
+        while len(groups) < self.cfg.rl.prompts_per_step:
+            group = self._next()
+            if version - group.version > self.cfg.rl.max_staleness:
+                self._drop("stale")
+                continue
+            groups.append(group)
+        self.used += len(groups)
+        self.metrics.queue_depth(self.queue.qsize())
+        return groups, time.perf_counter() - started
+
+    def counts(self) -> dict[str, int]:
+        return {"groups_produced": self.produced, "groups_used": self.used, "dropped_stale": self.dropped["stale"],
+                "dropped_unused": self.dropped["unused"]}
+
+    def stop(self) -> None:
+        """Stop producing; groups made and never trained on are counted as `unused`."""
+        self.stopping.set()
+        while self.thread.is_alive():
+            self._drain()
+            self.thread.join(timeout=0.1)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                return
+            self._drop("unused")
+
+    def _drop(self, reason: str) -> None:
+        with self.dropped_lock:
+            self.dropped[reason] += 1
+        self.metrics.dropped(reason)
+
+    def _next(self) -> Group:
+        timeout = self.cfg.inference.request_timeout_s + self.cfg.data.batch_timeout_s
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise FactoryError(f"async RL: the rollout producer failed: {self.error!r}") from self.error
+            try:
+                return self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+        raise FactoryError(f"async RL: no rollouts within {timeout}s (inference.request_timeout_s + data.batch_timeout_s)")
+
+    def _produce(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                groups = collect(self.parts, self.cfg)
+                self.produced += len(groups)
+                for group in groups:
+                    self._put(group)
+        except BaseException as exc:  # handed to the trainer side, which raises it with its cause
+            self.error = exc
+
+    def _put(self, group: Group) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(group, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        self._drop("unused")

@@ -1,0 +1,35 @@
+"""The optional SFT stage: the task stream's reference solutions, loss on the solution only.
+
+Each step takes the task blender's next step (the same stream RL continues from), trains every
+shard on its share, and the stage ends by publishing one version.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rl.tasks import AnswerTask
+from runtime.core.config import FactoryConfig
+
+if TYPE_CHECKING:
+    from runtime.jobs.parts import RunParts
+
+
+def run_sft(parts: RunParts, cfg: FactoryConfig, version: int, record) -> tuple[list[dict[str, Any]], int]:
+    """`sft.steps` steps on the task stream's next steps, then `version` to every server; (history, version)."""
+    from tqdm import tqdm
+
+    history = []
+    with tqdm(range(cfg.sft.steps), desc="sft") as bar:
+        for step in bar:
+            examples = [{"prompt": t.prompt, "completion": reference(t)} for t in parts.task_stream.next()]
+            history.append({"stage": "sft", **parts.trainers.sft_step(examples), "step": step + 1})
+            record(history[-1])
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+    parts.trainers.publish(parts.broadcaster, version)
+    return history, version
+
+
+def reference(task) -> str:
+    """What the model should write after the prompt: the canonical code, or the answer; one line."""
+    return f" {task.answer}\n" if isinstance(task, AnswerTask) else task.solution + "\n"
