@@ -108,18 +108,50 @@ class RolePlacement(Section):
     """Calls one actor serves at once (Ray's max_concurrency; more than 1 runs them on threads)."""
 
 
-class PlacementConfig(Section):
-    """Resources and replicas per role, kept apart from how each role behaves."""
+class InferencePlacement(RolePlacement):
+    replicas: int = Field(2, ge=0)
+    """How many InferenceServer actors run."""
+    max_concurrency: int = Field(64, ge=1)
+    """Calls one server serves at once: generate() calls from every caller, and health() beside them."""
 
-    inference: RolePlacement = RolePlacement(replicas=2, max_concurrency=64)
+
+class SandboxPlacement(RolePlacement):
+    replicas: int = Field(2, ge=0)
+    """How many SandboxWorker actors run."""
+    num_cpus: float = Field(0.5, ge=0)
+    """Ray logical CPUs each worker reserves."""
+
+
+class TrainerPlacement(RolePlacement):
+    replicas: int = Field(2, ge=0)
+    """How many TrainerShard actors (data-parallel replicas) run."""
+
+
+class BlenderPlacement(RolePlacement):
+    num_cpus: float = Field(0.0, ge=0)
+    """Ray logical CPUs the blender reserves (it mostly waits)."""
+    max_concurrency: int = Field(16, ge=1)
+    """Calls the blender serves at once (every shard asks for its part of a step)."""
+
+
+class TaskBlenderPlacement(BlenderPlacement):
+    max_concurrency: int = Field(4, ge=1)
+    """Calls the task blender serves at once."""
+
+
+class PlacementConfig(Section):
+    """Resources and replicas per role, kept apart from how each role behaves. Each role's defaults
+    are its own, so a recipe that sets one field of a role keeps the others."""
+
+    inference: InferencePlacement = InferencePlacement()
     """InferenceServer actors."""
-    sandbox: RolePlacement = RolePlacement(replicas=2, num_cpus=0.5)
+    sandbox: SandboxPlacement = SandboxPlacement()
     """SandboxWorker actors; each runs `sandbox.concurrency` executions at once."""
-    trainer: RolePlacement = RolePlacement(replicas=2)
+    trainer: TrainerPlacement = TrainerPlacement()
     """TrainerShard actors: data-parallel replicas of model and optimizer."""
-    blender: RolePlacement = RolePlacement(num_cpus=0, max_concurrency=16)
-    """The pre-training DataBlender (one); its calls come from every shard at once."""
-    tasks: RolePlacement = RolePlacement(num_cpus=0, max_concurrency=4)
+    blender: BlenderPlacement = BlenderPlacement()
+    """The pre-training DataBlender (one)."""
+    tasks: TaskBlenderPlacement = TaskBlenderPlacement()
     """The RL task DataBlender (one)."""
 
 
