@@ -111,10 +111,10 @@ def test_the_dpo_stage_widens_the_margin_of_chosen_over_rejected(actors, tmp_pat
     cfg, started = actors
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": procedural.prompt(a, b), "chosen": procedural.answer(a, b),
-                                         "rejected": procedural.answer(a, b + 1)}) + "\n"
+                                         "rejected": procedural.answer(a + 1, b + 5)}) + "\n"
                              for a, b in [(1, 2), (2, 3), (3, 4), (4, 5)]))
-    dpo = cfg.dpo.model_copy(update={"steps": 6, "pairs": str(pairs), "lr": 1e-3, "beta": 0.5})
+    dpo = cfg.dpo.model_copy(update={"steps": 8, "pairs": str(pairs), "lr": 3e-3, "beta": 0.5})
     history, version = run_dpo(started, cfg.model_copy(update={"dpo": dpo}), version=40, record=lambda _: None)
     assert version == 40 and set(started.pool.versions().values()) == {40}
-    assert [h["stage"] for h in history] == ["dpo"] * 6
+    assert [h["stage"] for h in history] == ["dpo"] * 8
     assert history[-1]["margin"] > history[0]["margin"] + 0.05 and history[-1]["accuracy"] == 1.0, history
