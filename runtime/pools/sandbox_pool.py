@@ -95,9 +95,13 @@ class SandboxPool:
         return self
 
     def shutdown(self) -> None:
+        """Stop dispatching; each worker closes its sandboxes (cgroups, mounts) before it is killed."""
         self._stopped.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=self.cfg.cluster.shutdown_timeout_s)
+        closing = [w.handle.shutdown.remote() for w in self.workers if w.handle is not None and w.state != "retired"]
+        if closing:  # a worker that does not answer in time is killed all the same
+            ray.wait(closing, num_returns=len(closing), timeout=self.cfg.cluster.shutdown_timeout_s)
         for worker in self.workers:
             if worker.handle is not None:
                 ray.kill(worker.handle)

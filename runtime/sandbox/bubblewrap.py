@@ -202,9 +202,9 @@ class Runner:
             self.control.send(b"stop")
             outputs = {fd: data[: cap + 1] for fd, data in outputs.items()}
         answer = self._answer(started + timeout_s + GRACE_S)
-        if answer is None:
+        if answer is None:  # the runner died (EOF) or missed the deadline: the slot starts anew
             self.alive = False
-            reason = reason or "timeout"
+            reason = reason or ("timeout" if time.monotonic() >= started + timeout_s else "sandbox_error")
         else:
             self.alive = answer["clean"]
             reason = reason or ("timeout" if answer["timeout"] else None)

@@ -31,7 +31,14 @@ def test_runs_a_batch_across_workers(pool):
 
 
 def test_waiting_on_a_stopped_pool_raises_instead_of_hanging(pool):
+    pids = [ray.get(w.handle.__ray_call__.remote(lambda self: os.getpid()), timeout=30) for w in pool.workers]
     pool.shutdown()
+    from runtime.sandbox.cgroups import PREFIX, controller_roots
+    from runtime.sandbox.scratch import ROOT
+
+    roots = [*controller_roots()[0].values(), ROOT]
+    left = [p for root in roots for pid in pids for p in root.glob(f"{PREFIX if root != ROOT else ''}{pid}-*")]
+    assert not left, f"a stopped pool left its workers' cgroups or mounts: {left}"
     with pytest.raises(PoolStopped, match="dispatcher is not running"):
         pool.run([Execution("print(1)")])
 

@@ -1,6 +1,8 @@
 """Adversarial tests of the bubblewrap sandbox, one property each (no Ray needed); the probes of
 `factory sandbox selftest` run here too."""
 
+import os
+import signal
 import socket
 import subprocess
 import textwrap
@@ -245,3 +247,20 @@ def test_cgroups_and_mounts_of_a_dead_worker_are_removed():
     backend.check()
     backend.close()
     assert not [p for p in stale if p.exists()]
+
+
+def test_a_runner_lost_mid_execution_is_a_sandbox_error_and_the_slot_starts_anew(sandbox):
+    import threading
+
+    run(sandbox, "print(1)")
+    bwrap = sandbox.runners[0].proc.pid
+    children = Path(f"/proc/{bwrap}/task/{bwrap}/children").read_text().split()
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("r", run(sandbox, "import time; time.sleep(3)")))
+    thread.start()
+    time.sleep(0.5)
+    for pid in children:  # the runner, pid 1 of the sandbox
+        os.kill(int(pid), signal.SIGKILL)
+    thread.join(timeout=10)
+    assert out["r"].status == Status.SANDBOX_ERROR and out["r"].duration_s < 3
+    assert run(sandbox, "print('again')").stdout == "again\n"
