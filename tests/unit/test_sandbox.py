@@ -163,13 +163,28 @@ def test_only_the_standard_library_is_importable(sandbox):
 
 
 def test_fails_closed_when_isolation_is_missing(tmp_path):
+    import shutil
+    import tempfile
+
     with pytest.raises(SandboxUnavailable, match="is not an executable"):
         make_backend(SandboxConfig(bwrap=str(tmp_path / "no-bwrap")))
-    fake = tmp_path / "bwrap"
-    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
-    fake.chmod(0o755)
-    with pytest.raises(SandboxUnavailable, match="did not start: .*No permissions"):
-        make_backend(SandboxConfig(bwrap=str(fake))).check()
+    script = "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n"
+    if os.geteuid() == 0:  # the sandbox uid cannot run a bwrap under a private directory
+        private = tmp_path / "bwrap"
+        private.write_text(script)
+        private.chmod(0o755)
+        with pytest.raises(SandboxUnavailable, match="not reachable by the sandbox uid"):
+            make_backend(SandboxConfig(bwrap=str(private)))
+    public = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        public.chmod(0o755)
+        fake = public / "bwrap"
+        fake.write_text(script)
+        fake.chmod(0o755)
+        with pytest.raises(SandboxUnavailable, match="did not start: .*No permissions"):
+            make_backend(SandboxConfig(bwrap=str(fake))).check()
+    finally:
+        shutil.rmtree(public)
 
 
 def test_process_backend_is_labelled_unisolated():
