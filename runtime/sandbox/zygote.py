@@ -9,8 +9,9 @@ Protocol on CONTROL_FD (a SOCK_SEQPACKET socket to the trusted worker):
 - request: one JSON message {"timeout_s", "limits": [[name, value], ...]} with
   five descriptors: the program (a memfd), stdin (read end), stdout, stderr and
   the result channel (write ends);
-- any message during an execution asks to stop it (output limit reached);
-- answer: one JSON message {"exit_code", "timeout", "stopped", "clean"}.
+- any message during an execution asks to stop it (output limit reached); one that arrives
+  after the execution ended anyway is skipped, not taken for the next request;
+- answer: one JSON message {"exit_code", "timeout", "clean"}.
 
 Per execution: fork a child that takes the descriptors as fds 0-3, its own
 session, rlimits, an OOM score of 1000 and a dumpable flag of its own, then
@@ -57,6 +58,8 @@ def main(control_fd: int) -> None:
             return
         if not message:
             return
+        if not fds:  # a stop that crossed the execution's end
+            continue
         control.send(json.dumps(execute(json.loads(message), fds, control)).encode())
 
 
@@ -69,8 +72,7 @@ def execute(request: dict, fds: list, control: socket.socket) -> dict:
     ended = wait(pid, request["timeout_s"], control)
     status = os.waitpid(pid, 0)[1]
     reap_all()
-    return {"exit_code": os.waitstatus_to_exitcode(status), "timeout": ended == "timeout",
-            "stopped": ended == "stopped", "clean": wipe()}
+    return {"exit_code": os.waitstatus_to_exitcode(status), "timeout": ended == "timeout", "clean": wipe()}
 
 
 def wait(pid: int, timeout_s: float, control: socket.socket) -> str:

@@ -229,7 +229,7 @@ def test_adversarial_probe_fails_to_break_its_guarantee(request, face, probe):
 
 def test_no_process_of_a_slot_runs_as_host_root(sandbox):
     run(sandbox, "print(1)")
-    pids = sandbox.runners[0].cgroups._pids()
+    pids = sandbox.runners[0].cgroups.pids()
     uids = {int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]) for pid in pids}
     assert pids and 0 not in uids, uids
 
@@ -298,3 +298,13 @@ def test_a_bwrap_under_a_private_directory_still_runs_as_the_sandbox_uid(tmp_pat
         assert run(backend, "import os; print(os.getuid())").stdout.strip() != "0"
     finally:
         backend.close()
+
+
+def test_a_stop_that_crossed_the_end_of_an_execution_does_not_touch_the_next(sandbox):
+    # The worker asks the runner to stop at the output cap; the program may have ended meanwhile.
+    run(sandbox, "print(1)")
+    runner = sandbox.runners[0]
+    runner.control.send(b"stop")
+    result = run(sandbox, "import time; time.sleep(0.2); print('next')")
+    assert (result.status, result.stdout) == (Status.OK, "next\n")
+    assert sandbox.runners[0] is runner and runner.alive
