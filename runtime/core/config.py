@@ -166,6 +166,9 @@ class ClusterConfig(Section):
     """Port of the embedded cluster's dashboard (0 picks a free one)."""
     shutdown_timeout_s: float = Field(30.0, gt=0)
     """Seconds an actor may take to shut down cleanly (close stores, leave its group) before it is killed."""
+    call_margin_s: float = Field(30.0, gt=0)
+    """Seconds a caller waits beyond the callee's own deadline, so the callee's named error (a blender's
+    DataTimeout, say) arrives before the caller's CallTimeout."""
 
 
 class SamplingConfig(Section):

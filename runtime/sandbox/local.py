@@ -138,7 +138,8 @@ def _text(data: bytes) -> str:
 class ProcessBackend(SandboxBackend):
     """rlimits and timeouts on a plain subprocess. UNISOLATED: host file system, network and uid.
 
-    As root, processes are capped by a pids cgroup per slot (RLIMIT_NPROC does not apply to root)."""
+    As root, each slot's processes are capped by a pids and memory cgroup (RLIMIT_NPROC does not
+    apply to root)."""
 
     name = "process"
     isolated = False
@@ -151,7 +152,7 @@ class ProcessBackend(SandboxBackend):
     def check(self) -> None:
         if self.cfg.max_processes and os.geteuid() == 0:
             try:
-                self.cgroups = [SlotCgroups.create(f"{os.getpid()}-{self.tag}-p{slot}", 1 << 62,
+                self.cgroups = [SlotCgroups.create(f"{os.getpid()}-{self.tag}-p{slot}", self.cfg.memory_mb << 20,
                                                    self.cfg.max_processes) for slot in range(self.slots)]
             except (CgroupsMissing, OSError) as exc:
                 raise SandboxUnavailable(f"sandbox.max_processes: {exc}; or set sandbox.max_processes=0") from None

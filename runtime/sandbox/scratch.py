@@ -26,10 +26,8 @@ class Scratch:
 
     @classmethod
     def mount(cls, name: str, size_bytes: int, max_files: int, uid: int) -> Scratch:
-        ROOT.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(ROOT, 0o711)  # the sandbox uid passes through to its own directory, lists nothing
         remove_stale()
-        path = ROOT / name
+        path = public_root() / name
         unmount(path)
         path.mkdir(mode=0o700, exist_ok=True)
         options = f"size={size_bytes},nr_inodes={max_files},mode=0700,uid={uid},gid={uid}"
@@ -39,6 +37,13 @@ class Scratch:
 
     def remove(self) -> None:
         unmount(self.path)
+
+
+def public_root() -> Path:
+    """ROOT, made 0711: the sandbox uid passes through to what is meant for it and lists nothing."""
+    ROOT.mkdir(mode=0o711, parents=True, exist_ok=True)
+    ROOT.chmod(0o711)
+    return ROOT
 
 
 def unmount(path: Path) -> None:
@@ -51,7 +56,8 @@ def unmount(path: Path) -> None:
 
 
 def remove_stale() -> None:
-    for path in ROOT.glob("*"):
+    """Unmount the scratch of every worker process that no longer exists."""
+    for path in public_root().glob("*"):
         pid = path.name.split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             unmount(path)

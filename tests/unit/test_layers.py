@@ -140,5 +140,4 @@ def test_the_rule_catches_arrows_against_it(module, target):
 def test_the_cycle_check_catches_two_files_that_import_each_other():
     graph = arrows()
     graph["runtime.sandbox.base"] = graph["runtime.sandbox.base"] | {"runtime.sandbox.bubblewrap"}
-    assert ["runtime.sandbox.base", "runtime.sandbox.bubblewrap"] in [sorted(c)[:2] for c in cycles(graph)] or any(
-        {"runtime.sandbox.base", "runtime.sandbox.bubblewrap"} <= set(c) for c in cycles(graph))
+    assert any({"runtime.sandbox.base", "runtime.sandbox.bubblewrap"} <= set(c) for c in cycles(graph))
