@@ -45,15 +45,16 @@ that becomes JSON). Resolved by import, so this layer knows no task family."""
 
 def generator(name: str, source: str) -> Callable[[random.Random], str]:
     """The document function `name` stands for; FactoryError naming the source if it cannot be had."""
-    path = GENERATORS.get(name, name)
-    module, _, attr = path.partition(":")
+    module, _, attr = GENERATORS.get(name, name).partition(":")
+    hint = f"known: {', '.join(GENERATORS)}; or an importable module:function"
+    if not module or not attr:
+        raise FactoryError(f"source {source}: unknown generator {name} ({hint})")
     try:
-        make = getattr(importlib.import_module(module), attr) if attr else None
-    except (ImportError, AttributeError, ValueError):
-        make = None
+        make = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise FactoryError(f"source {source}: generator {name}: {exc} ({hint})") from None
     if not callable(make):
-        raise FactoryError(f"source {source}: unknown generator {name} (known: {', '.join(GENERATORS)}; "
-                           f"or an importable module:function)")
+        raise FactoryError(f"source {source}: generator {name} is not callable ({hint})")
     return lambda rng: _text(make(rng))
 
 

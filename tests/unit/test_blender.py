@@ -242,3 +242,16 @@ def test_linear_task_generator_makes_tasks_their_own_solution_passes(make):
         namespace["candidate"] = namespace["f"]
         for case, _ in task.cases:
             exec(case, namespace)
+
+
+def test_a_generator_is_a_known_name_or_an_importable_function():
+    import random
+
+    from runtime.core.errors import FactoryError
+    from runtime.data.sources import generator
+
+    assert generator("runtime.data.corpus:arithmetic", "mine")(random.Random(0)).endswith("\n")
+    with pytest.raises(FactoryError, match="source mine: unknown generator nope .*known: function_examples"):
+        generator("nope", "mine")
+    with pytest.raises(FactoryError, match="source mine: generator no_such_module:f: No module named"):
+        generator("no_such_module:f", "mine")
