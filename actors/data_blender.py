@@ -15,10 +15,15 @@ Contract:
   (config, change log). Each change is logged with that step.
 - `state()` is a small snapshot at the served boundary; a replacement that
   `restore()`s it, over the same run directory, continues exactly.
+- `setup(recover=True)` (what the supervisor's replacement does) restores from the
+  snapshots the lost blender kept in RUN_DIR/<name>.sqlite: the newest, plus those of
+  the replay window, so a step the lost one had served (to some shards only) is served
+  again identically. Changes logged after a snapshot are applied again at their steps.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -57,7 +62,7 @@ class DataBlender:
         self._ended = False
         self._stopped = False
 
-    def setup(self) -> dict[str, Any]:
+    def setup(self, recover: bool = False) -> dict[str, Any]:
         from transformers import AutoTokenizer
 
         if not self.run_dir:
@@ -66,9 +71,16 @@ class DataBlender:
         self.store = BlendStore(Path(self.run_dir) / f"{self.name}.sqlite")
         self.blend = Blend(self.data, self.seed, tokenizer, self.store)
         self.metrics = BlenderMetrics(self.name)
+        self._pending: list[dict[str, Any]] = []
+        kept = self.store.snapshots() if recover else {}
+        if kept:
+            with self._cv:
+                self._snapshots.update(kept)
+                self._restore_at(max(kept))
+                self._served = max(kept) - 1
         self._thread = threading.Thread(target=self._produce_loop, name="blender-producer", daemon=True)
         self._thread.start()
-        return {"name": self.name, "sources": list(self.blend.weights)}
+        return {"name": self.name, "sources": list(self.blend.weights), "recovered_at": max(kept) if kept else None}
 
     # ---- the stream ------------------------------------------------------
 
@@ -85,6 +97,9 @@ class DataBlender:
     def _raise_if_cannot_serve(self, step: int, deadline: float) -> None:
         if self._error is not None:
             raise self._error
+        if step < self.blend.step and step not in self._produced and step in self._snapshots:
+            self._restore_at(step)  # served by a lost predecessor: produce it again, identically
+            return
         if step <= self._served - self.data.replay_window or (step < self.blend.step and step <= self._served):
             raise ReplayWindowError(f"step {step} is outside the replay window ({self.data.replay_window} steps)")
         if self._ended and step >= self.blend.step:
@@ -98,7 +113,7 @@ class DataBlender:
             self.store.save_manifest(s, batch.manifest)
             self.metrics.served(batch.manifest)
         self._served = step
-        self.store.save_snapshot(step + 1, self._snapshot_at(step + 1))
+        self.store.save_snapshot(step + 1, self._snapshot_at(step + 1), keep=self.data.replay_window + 1)
         for old in [s for s in self._produced if s <= step - self.data.replay_window]:
             self._produced.pop(old)
             self._snapshots.pop(old, None)
@@ -157,9 +172,20 @@ class DataBlender:
             self._produced.clear()
             self._snapshots.clear()
             self.blend.restore(state)
+            self._pending = []
             self._served = state["step"] - 1
             self._ended, self._error = False, None
             self._cv.notify_all()
+
+    def _restore_at(self, step: int) -> None:
+        """Go back to the kept snapshot of `step`; changes logged after it wait to be applied at their steps."""
+        state = self._snapshots[step]
+        self.blend.restore(state)
+        self._pending = self.store.changes()[len(state["log"]):]
+        for s in [s for s in self._produced if s >= step]:
+            self._produced.pop(s)
+        self._ended, self._error = False, None
+        self._cv.notify_all()
 
     def _snapshot_at(self, step: int) -> dict[str, Any]:
         return self._snapshots[step] if step in self._snapshots else self.blend.snapshot()
@@ -168,7 +194,7 @@ class DataBlender:
 
     def health(self) -> dict[str, Any]:
         with self._cv:
-            return {"name": self.name, "served": self._served, "prepared": self.blend.step,
+            return {"name": self.name, "pid": os.getpid(), "served": self._served, "prepared": self.blend.step,
                     "error": repr(self._error) if self._error else None}
 
     def record_losses(self, step: int, losses: dict[int, float]) -> None:
@@ -199,6 +225,9 @@ class DataBlender:
                 self._cv.notify_all()
 
     def _produce_one(self) -> None:
+        while self._pending and self._pending[0]["step"] <= self.blend.step:
+            change = self._pending.pop(0)
+            self.blend.apply(change["kind"], change["payload"])
         snapshot = self.blend.snapshot()
         try:
             batch = self.blend.produce()

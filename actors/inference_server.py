@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.core.config import InferenceConfig
-from runtime.core.errors import StaleVersionError
+from runtime.core.errors import SetupNotRun, StaleVersionError
 from runtime.core.generation import Completion, GenerationRequest, GenerationResult
 from runtime.core.metrics import ServerMetrics
 from runtime.model.weights import as_tensor
@@ -93,9 +93,11 @@ class InferenceServer:
 
     def health(self) -> dict[str, Any]:
         """Answers at once, whatever the engine is doing."""
+        import os
+
         if self._loop is None:
-            return {"name": self.name, "ready": False}
-        return {"name": self.name, "ready": True, **self._loop.stats()}
+            return {"name": self.name, "pid": os.getpid(), "ready": False}
+        return {"name": self.name, "pid": os.getpid(), "ready": True, **self._loop.stats()}
 
     def shutdown(self) -> None:
         if self._loop is not None:
@@ -103,7 +105,7 @@ class InferenceServer:
 
     def _require_loop(self) -> EngineLoop:
         if self._loop is None:
-            raise RuntimeError(f"{self.name}: setup() has not run")
+            raise SetupNotRun(f"{self.name}: setup() has not run")
         self._loop.raise_if_dead()
         return self._loop
 

@@ -8,6 +8,8 @@ the configured isolation does not pass its self-check.
 
 from __future__ import annotations
 
+import os
+
 import queue
 import threading
 from typing import Any
@@ -57,7 +59,7 @@ class SandboxWorker:
 
     def health(self) -> dict[str, Any]:
         with self._lock:
-            return {"name": self.name, "ready": self.backend is not None, "running": self._running,
+            return {"name": self.name, "pid": os.getpid(), "ready": self.backend is not None, "running": self._running,
                     "backend": self.backend.name if self.backend else "",
                     "completed": self._completed, "isolated": bool(self.backend and self.backend.isolated)}
 

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ray import method
+
+from runtime.core.cluster import HEALTH_GROUP
 from runtime.core.config import DPOConfig, RLConfig, SFTConfig, TrainConfig
 
 
@@ -44,41 +47,145 @@ class TrainerShard:
             port = s.getsockname()[1]
         return f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
-    def setup(self, init_method: str, resume_from: str | None = None) -> dict[str, Any]:
-        import datetime
+    def setup(self, init_method: str, resume_from: str | None = None, state: dict | None = None) -> dict[str, Any]:
+        """Load the model (a saved run directory with `resume_from`; a peer's `state()`, passed as its
+        object ref so Ray hands it over, for a replacement), then join the group."""
+        self.warm(resume_from)
+        if resume_from:
+            self._load_state(Path(resume_from))
+        if state:
+            self.load_state(state)
+        self._join(init_method)
+        return {"name": self.name, "rank": self.rank, "backend": self.backend, "step": self.step}
 
+    def warm(self, source: str | None = None) -> dict[str, Any]:
+        """Import torch and load the model outside any group: what a spare does before it is needed."""
         import torch
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
         from transformers import AutoModelForCausalLM
 
         from runtime.core.metrics import TrainerMetrics
 
         torch.set_num_threads(1)
         self.metrics = TrainerMetrics(self.name)
-        backend = self.train.backend if self.train.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
-        dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world_size,
-                                timeout=datetime.timedelta(seconds=self.train.group_timeout_s))
-        source = resume_from or self.model_path
-        self.model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", dtype=torch.float32)
-        self.ddp = DistributedDataParallel(self.model)
+        self.model = AutoModelForCausalLM.from_pretrained(source or self.model_path, attn_implementation="sdpa",
+                                                          dtype=torch.float32)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.train.lr, betas=self.train.betas,
                                            weight_decay=self.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        if resume_from:
-            self._load_state(Path(resume_from))
-        return {"name": self.name, "rank": self.rank, "backend": backend, "step": self.step}
+        return {"name": self.name, "warm": True}
 
-    def train_on(self, blender, step: int) -> dict[str, Any]:
-        """Pull this shard's part of `step` from the blender, train on it, report per-sample losses."""
+    def regroup(self, init_method: str, rank: int, world_size: int, state: dict | None = None) -> dict[str, Any]:
+        """Leave the broken group and join a re-formed one as `rank`; with `state` (a peer's `state()`),
+        take the peer's parameters, optimizers, step and RNG first."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.rank, self.world_size = rank, world_size
+        if state:
+            self.load_state(state)
+        self._join(init_method)
+        return {"name": self.name, "rank": self.rank, "step": self.step}
+
+    def _join(self, init_method: str) -> None:
+        import datetime
+
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.backend = self.train.backend if self.train.backend != "auto" else (
+            "nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(self.backend, init_method=init_method, rank=self.rank, world_size=self.world_size,
+                                timeout=datetime.timedelta(seconds=self.train.group_timeout_s))
+        self.ddp = DistributedDataParallel(self.model)
+
+    @method(concurrency_group=HEALTH_GROUP)
+    def health(self) -> dict[str, Any]:
+        """Answers from its own thread, whatever a step is doing."""
+        import os
+
+        return {"name": self.name, "rank": self.rank, "step": self.step, "pid": os.getpid()}
+
+    def last_metrics(self) -> dict[str, Any] | None:
+        """The metrics of the last step this shard committed (a step whose caller saw a fault)."""
+        return getattr(self, "_last_metrics", None)
+
+    # ---- moving a shard's whole state to a replacement --------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything a replacement needs to continue as this shard: parameters, every stage's
+        optimizer and schedule (and frozen references), the step and the RNG."""
+        import torch
+
+        out = {"step": self.step, "model": self.model.state_dict(), "rng": torch.get_rng_state(),
+               "optimizer": self.optimizer.state_dict(), "scheduler": _schedule_state(self.scheduler)}
+        if getattr(self, "rl_optimizer", None) is not None:
+            out["rl"] = {"args": self._rl_args, "optimizer": self.rl_optimizer.state_dict(),
+                         "schedule": _schedule_state(self.rl_schedule),
+                         "reference": self.reference.state_dict() if self.reference is not None else None}
+        if getattr(self, "sft_optimizer", None) is not None:
+            out["sft"] = {"args": self._sft_args, "optimizer": self.sft_optimizer.state_dict()}
+        if getattr(self, "dpo_optimizer", None) is not None:
+            out["dpo"] = {"args": self._dpo_args, "optimizer": self.dpo_optimizer.state_dict(),
+                          "reference": self.dpo_reference.state_dict()}
+        return out
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        import torch
+
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        _load_schedule(self.scheduler, state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step = state["step"]
+        if "rl" in state:
+            self.rl_optimizer = None
+            self._rl_state(*state["rl"]["args"])
+            self.rl_optimizer.load_state_dict(state["rl"]["optimizer"])
+            _load_schedule(self.rl_schedule, state["rl"]["schedule"])
+            if state["rl"]["reference"] is not None:
+                self.reference.load_state_dict(state["rl"]["reference"])
+        if "sft" in state:
+            self.sft_optimizer = None
+            self._sft_optimizer(*state["sft"]["args"]).load_state_dict(state["sft"]["optimizer"])
+        if "dpo" in state:
+            self.dpo_optimizer = None
+            self._dpo_state(*state["dpo"]["args"])
+            self.dpo_optimizer.load_state_dict(state["dpo"]["optimizer"])
+            self.dpo_reference.load_state_dict(state["dpo"]["reference"])
+
+    def fetch(self, blender, step: int) -> int:
+        """Pull this shard's part of `step` from the blender (before any shard enters the step's
+        collectives, so a lost blender fails the fetch, not a half-done step); returns its samples."""
         from runtime.core.calls import wait
 
-        timeout = self.train.batch_timeout_s
-        batch = wait(blender.batch.remote(step, self.rank, self.world_size), timeout, f"blender: batch {step}")
+        batch = wait(blender.batch.remote(step, self.rank, self.world_size), self.train.batch_timeout_s,
+                     f"blender: batch {step}")
+        self._fetched = (step, batch)
+        return len(batch["sample_index"])
+
+    def train_fetched(self, blender, step: int) -> dict[str, Any]:
+        """Train on the part of `step` fetched last; report per-sample losses to the blender (their
+        loss is counted, not fatal: they are provenance, not training)."""
+        from runtime.core.calls import wait
+        from runtime.core.errors import CallTimeout, PeerLost
+
+        fetched_step, batch = self._fetched
+        if fetched_step != step:
+            raise RuntimeError(f"{self.name}: asked to train on step {step}, holds step {fetched_step}")
         metrics = self.train_step(batch)
         losses = dict(zip(batch["sample_index"], metrics.pop("sample_losses")))
-        wait(blender.record_losses.remote(step, losses), timeout, f"blender: losses of step {step}")
+        try:
+            wait(blender.record_losses.remote(step, losses), self.train.batch_timeout_s, f"blender: losses of step {step}")
+        except (CallTimeout, PeerLost):
+            metrics["losses_unrecorded"] = len(losses)
         return metrics
+
+    def train_on(self, blender, step: int) -> dict[str, Any]:
+        """fetch, then train_fetched: one shard's whole step (the group calls the two phases apart)."""
+        self.fetch(blender, step)
+        return self.train_fetched(blender, step)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -102,7 +209,7 @@ class TrainerShard:
         metrics = {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
                    "lr": self.scheduler.get_last_lr()[0], "tokens": tokens,
                    "tokens_per_s": tokens / (time.perf_counter() - started)}
-        self.metrics.step(metrics)
+        self._commit(metrics)
         return {**metrics, "sample_losses": per_row.tolist()}
 
     def sft_step(self, examples: list[dict[str, str]], sft: SFTConfig) -> dict[str, Any]:
@@ -110,8 +217,7 @@ class TrainerShard:
         Its own AdamW at `sft.lr` (made on the first call)."""
         import torch
 
-        if getattr(self, "sft_optimizer", None) is None:
-            self.sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=sft.lr, weight_decay=0.0)
+        self._sft_optimizer(sft)
         started = time.perf_counter()
         rows = [self._tokens(e["prompt"], e["completion"]) for e in examples]
         ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
@@ -126,8 +232,16 @@ class TrainerShard:
         tokens = int(mask.sum())
         metrics = {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm), "tokens": tokens,
                    "tokens_per_s": tokens / (time.perf_counter() - started)}
-        self.metrics.step(metrics)
+        self._commit(metrics)
         return metrics
+
+    def _sft_optimizer(self, sft: SFTConfig):
+        import torch
+
+        if getattr(self, "sft_optimizer", None) is None:
+            self._sft_args = (sft,)
+            self.sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=sft.lr, weight_decay=0.0)
+        return self.sft_optimizer
 
     def rl_step(self, experience: list[dict[str, Any]], algorithm, rl: RLConfig) -> dict[str, Any]:
         """One policy-gradient step on this shard's rollouts: {prompt_ids, completion_ids, logprobs
@@ -168,8 +282,12 @@ class TrainerShard:
         metrics = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": max(norms),
                    "tis_weight": float(used.mean()) if used.numel() else 1.0, "lr": schedule.get_last_lr()[0],
                    "tokens": tokens, "tokens_per_s": tokens / (time.perf_counter() - started)}
-        self.metrics.step(metrics)
+        self._commit(metrics)
         return metrics
+
+    def _commit(self, metrics: dict[str, Any]) -> None:
+        self._last_metrics = metrics
+        self.metrics.step(metrics)
 
     def _old_and_reference(self, ids, attention, chunks, reference):
         """Starting-policy logprobs of every minibatch but the first (whose own forward gives them),
@@ -201,6 +319,7 @@ class TrainerShard:
         import torch
 
         if getattr(self, "rl_optimizer", None) is None:
+            self._rl_args = (rl, kl_coef)
             self.rl_optimizer = torch.optim.AdamW(self.model.parameters(), lr=rl.lr, weight_decay=0.0)
             self.rl_schedule = torch.optim.lr_scheduler.LambdaLR(
                 self.rl_optimizer, lambda update: min(1.0, (update + 1) / rl.warmup_steps) if rl.warmup_steps else 1.0)
@@ -211,15 +330,11 @@ class TrainerShard:
         """One DPO step (rl/algorithms/dpo.py) on {prompt, chosen, rejected} texts against the policy
         the stage started from (frozen on the first call, with the stage's own AdamW at `dpo.lr`).
         Reports the loss, the mean reward margin (chosen minus rejected) and how often it is positive."""
-        import copy
-
         import torch
 
         from rl.algorithms.dpo import dpo_loss
 
-        if getattr(self, "dpo_optimizer", None) is None:
-            self.dpo_optimizer = torch.optim.AdamW(self.model.parameters(), lr=dpo.lr, weight_decay=0.0)
-            self.dpo_reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._dpo_state(dpo)
         started = time.perf_counter()
         rows = [self._tokens(p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs]
         ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
@@ -239,8 +354,19 @@ class TrainerShard:
         metrics = {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
                    "margin": float(margin.mean()), "accuracy": float((margin > 0).float().mean()),
                    "tokens": int(mask.sum()), "tokens_per_s": int(mask.sum()) / (time.perf_counter() - started)}
-        self.metrics.step(metrics)
+        self._commit(metrics)
         return metrics
+
+    def _dpo_state(self, dpo: DPOConfig) -> None:
+        """The DPO stage's own AdamW and the policy it started from, frozen (made on its first step)."""
+        import copy
+
+        import torch
+
+        if getattr(self, "dpo_optimizer", None) is None:
+            self._dpo_args = (dpo,)
+            self.dpo_optimizer = torch.optim.AdamW(self.model.parameters(), lr=dpo.lr, weight_decay=0.0)
+            self.dpo_reference = copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def _tokens(self, prompt: str, completion: str) -> dict[str, list[int]]:
         from transformers import AutoTokenizer
@@ -266,8 +392,8 @@ class TrainerShard:
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
             if (Path(self.model_path) / name).is_file():
                 shutil.copy2(Path(self.model_path) / name, out / name)
-        schedule = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}  # rebuilt from config
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": schedule, "step": self.step},
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": _schedule_state(self.scheduler),
+                    "step": self.step},
                    out / "trainer_state.pt")
         return str(out)
 
@@ -282,7 +408,7 @@ class TrainerShard:
 
         state = torch.load(path / "trainer_state.pt", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
+        _load_schedule(self.scheduler, state["scheduler"])
         self.step = state["step"]
 
     def _lr_factor(self, step: int) -> float:
@@ -291,6 +417,15 @@ class TrainerShard:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _schedule_state(schedule) -> dict[str, Any]:
+    """A LambdaLR's state without its lambdas (they are rebuilt from config)."""
+    return {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"}
+
+
+def _load_schedule(schedule, state: dict[str, Any]) -> None:
+    schedule.load_state_dict({**state, "lr_lambdas": [None] * len(schedule.optimizer.param_groups)})
 
 
 def pad_experience(experience: list[dict[str, Any]], pad_id: int):

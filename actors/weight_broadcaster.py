@@ -6,7 +6,10 @@ arrays, which servers read zero-copy), and hands the broadcaster the reference,
 wrapped in a list so Ray passes the reference itself: each server then reads
 that one copy, instead of the trainer sending the weights once per server. Versions are
 monotonic (an older or equal version is refused); servers reload only between
-requests, so no result mixes two versions. With `weights.grpc.enabled` the
+requests, so no result mixes two versions. A server that dies during a publish, or
+is a replacement not yet set up, is left out of that publish (and of its answer): it
+loads the newest version itself before it takes requests (the inference pool sees to it),
+so a lost server never fails a publish. With `weights.grpc.enabled` the
 kept versions are also streamed to servers outside Ray by the server that
 `expose(store, weights.grpc)` starts: the spawner hands it in (the driver passes
 serve/weight_service.py's `expose`), so this actor never knows the outside face.
@@ -17,7 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ray import method
+
 from runtime.core.calls import wait
+from runtime.core.cluster import HEALTH_GROUP
+from runtime.core.errors import PeerLost, SetupNotRun
 from runtime.core.config import WeightsConfig, WeightsGrpcConfig
 from runtime.model.weights import VersionStore
 
@@ -58,11 +65,22 @@ class WeightBroadcaster:
         timeout = self.weights.publish_timeout_s
         self.store.publish(version, wait(ref, timeout, f"{self.name}: fetch version {version}"))
         self.refs = {v: r for v, r in {**self.refs, version: ref}.items() if v in self.store.versions}
-        servers = self._servers()
-        calls = [handle.load_weights.remote(version, ref) for handle in servers.values()]
-        done = wait(calls, timeout, f"{self.name}: servers load version {version}")
+        calls = {name: handle.load_weights.remote(version, ref) for name, handle in self._servers().items()}
+        loaded = {}
+        for name, call in calls.items():
+            try:
+                loaded[name] = wait(call, timeout, f"{self.name}: {name} loads version {version}")
+            except (PeerLost, SetupNotRun):  # lost, or its replacement is still starting: it catches up itself
+                continue
         self.metrics.published(version, time.perf_counter() - started)
-        return dict(zip(servers, done))
+        return loaded
+
+    @method(concurrency_group=HEALTH_GROUP)
+    def health(self) -> dict[str, Any]:
+        """Answers from its own thread, even during a publish."""
+        import os
+
+        return {"name": self.name, "latest": self.store.latest(), "pid": os.getpid()}
 
     def latest(self) -> tuple[int, list] | None:
         """The newest version and [its object ref] (None before the first), for replacement servers."""
@@ -89,9 +107,11 @@ class WeightBroadcaster:
 
 
 def latest_of(broadcaster, timeout_s: float = 30.0):
-    """For InferencePool(latest=...): the broadcaster's newest (version, object ref), or None."""
+    """For InferencePool(latest=...): the broadcaster's newest (version, object ref), or None.
+    `broadcaster` is a handle, or a callable that returns the current one (a supervised role's)."""
     def latest():
-        found = wait(broadcaster.latest.remote(), timeout_s, "broadcaster: latest")
+        handle = broadcaster() if callable(broadcaster) else broadcaster
+        found = wait(handle.latest.remote(), timeout_s, "broadcaster: latest")
         return None if found is None else (found[0], found[1][0])
 
     return latest

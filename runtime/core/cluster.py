@@ -34,3 +34,14 @@ def connect(cfg: ClusterConfig) -> str:
             )
     url = ray._private.worker.get_dashboard_url() or ""
     return url if not url or url.startswith("http") else f"http://{url}"
+
+
+HEALTH_GROUP = "health"
+"""The concurrency group every role's health() runs in: a thread of its own that long work never blocks."""
+
+
+def remote_class(cls):
+    """`cls` as a Ray actor class whose health() answers while its other methods run."""
+    import ray
+
+    return ray.remote(concurrency_groups={HEALTH_GROUP: 1})(cls)

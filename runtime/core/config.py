@@ -125,6 +125,9 @@ class SandboxPlacement(RolePlacement):
 class TrainerPlacement(RolePlacement):
     replicas: int = Field(2, ge=0)
     """How many TrainerShard actors (data-parallel replicas) run."""
+    spares: int = Field(0, ge=0)
+    """Warm spare shards (torch imported, model loaded, outside the group): a lost shard's place is
+    taken by a spare instead of a fresh actor, and a new spare starts in the background."""
 
 
 class BlenderPlacement(RolePlacement):
@@ -525,6 +528,50 @@ class RLConfig(Section):
     """Samples per held-out task; pass@1 is the mean success over them."""
 
 
+ROLES = ("trainer", "inference", "sandbox", "blender", "tasks", "broadcaster")
+"""The roles a run supervises, by the names `placement`, `faults` and events.jsonl use."""
+
+
+class SupervisionConfig(Section):
+    """How lost actors are noticed and replaced (runtime/supervision/)."""
+
+    health_timeout_s: float = Field(5.0, gt=0)
+    """Seconds an actor may take to answer health(); one that does not is hung, killed and replaced."""
+    probe_interval_s: float = Field(1.0, gt=0)
+    """While a step waits on the trainer shards, how often they are probed."""
+    max_replacements: int = Field(8, ge=0)
+    """Replacements per role in one run before the run fails (a role that keeps dying is a bug, not a fault)."""
+
+
+class FaultKill(Section):
+    role: Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster"]
+    """Which role loses an actor."""
+    index: int = Field(0, ge=0)
+    """Which actor of the role (its index in the role's actor names)."""
+    stage: Literal["pretrain", "sft", "dpo", "rl"] = "pretrain"
+    """The stage whose step triggers the fault."""
+    step: int = Field(0, ge=0)
+    """The step (0-based, within the stage) at whose start the fault is armed."""
+    delay_s: float = Field(0.0, ge=0)
+    """Seconds after the step starts before the signal, so it lands inside the step."""
+    signal: Literal["KILL", "STOP"] = "KILL"
+    """KILL ends the process; STOP freezes it (a hung actor: the health probe must notice)."""
+
+
+class FaultsConfig(Section):
+    """Chaos drills: lose chosen actors at chosen steps, or at random with a seed. Each fault and its
+    recovery is recorded in RUN_DIR/events.jsonl."""
+
+    kills: list[FaultKill] = []
+    """Faults at given steps."""
+    random: int = Field(0, ge=0)
+    """This many more SIGKILLs, each of a random role and actor at a random step (drawn with `seed`)."""
+    seed: int = 0
+    """Seed of the random faults."""
+    roles: list[Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster"]] = list(ROLES)
+    """Roles the random faults choose from."""
+
+
 class FactoryConfig(Section):
     """Root of the tree: one experiment."""
 
@@ -554,6 +601,10 @@ class FactoryConfig(Section):
     """The weight broadcaster and its gRPC stream."""
     playground: PlaygroundConfig = PlaygroundConfig()
     """The OpenAI-compatible endpoint and web page over any model version."""
+    supervision: SupervisionConfig = SupervisionConfig()
+    """Noticing and replacing lost actors."""
+    faults: FaultsConfig = FaultsConfig()
+    """Fault injection (chaos drills); empty by default."""
 
     @model_validator(mode="after")
     def _rl_batch_splits_over_trainers(self) -> FactoryConfig:

@@ -48,3 +48,11 @@ class CallTimeout(FactoryError):
 
 class PeerLost(FactoryError):
     """The actor a call went to is gone (its process or its node died)."""
+
+
+class RunFailed(FactoryError):
+    """The supervisor gave up on a role (it kept failing, or could not be replaced); the message says why."""
+
+
+class SetupNotRun(FactoryError):
+    """An actor was called before its setup() finished (a replacement still starting)."""

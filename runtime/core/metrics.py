@@ -187,3 +187,19 @@ class PlaygroundMetrics:
         if elapsed > 0:
             self._latency.observe(elapsed, tags=tags)
             self._rate.set(tokens / elapsed, tags=tags)
+
+
+class SupervisionMetrics:
+    """Faults noticed and recoveries made, per role; the seconds each recovery took."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        keys = ("experiment", "role", "kind")
+        self._events = _metric("Counter", "factory_supervision_events", "Faults, decisions and recoveries", keys)
+        self._seconds = _metric("Gauge", "factory_supervision_recovery_seconds", "Seconds the last recovery took",
+                                ("experiment", "role"))
+
+    def event(self, role: str, kind: str, seconds: float | None = None) -> None:
+        self._events.inc(1, tags={"experiment": self.experiment, "role": role, "kind": kind})
+        if seconds is not None:
+            self._seconds.set(seconds, tags={"experiment": self.experiment, "role": role})

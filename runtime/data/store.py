@@ -18,7 +18,7 @@ CREATE INDEX IF NOT EXISTS documents_step ON documents (step);
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, step INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS live (source TEXT, idx INTEGER, step INTEGER, doc TEXT, PRIMARY KEY (source, idx));
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER, kind TEXT, payload TEXT);
-CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 0), step INTEGER, state TEXT);
+CREATE TABLE IF NOT EXISTS snapshots (step INTEGER PRIMARY KEY, state TEXT);
 CREATE TABLE IF NOT EXISTS sample_losses (step INTEGER, sample INTEGER, loss REAL, PRIMARY KEY (step, sample));
 """
 
@@ -109,9 +109,19 @@ class BlendStore:
             self.db.executemany("INSERT OR REPLACE INTO sample_losses VALUES (?, ?, ?)",
                                 [(step, int(i), float(loss)) for i, loss in losses.items()])
 
-    def save_snapshot(self, step: int, state: dict[str, Any]) -> None:
+    def save_snapshot(self, step: int, state: dict[str, Any], keep: int = 1) -> None:
+        """The blend's state before `step`; the newest `keep` are kept (a replacement can replay them)."""
         with self.lock:
-            self.db.execute("INSERT OR REPLACE INTO snapshot VALUES (0, ?, ?)", (step, json.dumps(state)))
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (step, json.dumps(state)))
+            self.db.execute("DELETE FROM snapshots WHERE step <= ?", (step - keep,))
+            self.db.execute("COMMIT")
+
+    def snapshots(self) -> dict[int, dict[str, Any]]:
+        """Kept snapshots by step, for a replacement blender."""
+        with self.lock:
+            rows = self.db.execute("SELECT step, state FROM snapshots ORDER BY step").fetchall()
+        return {step: json.loads(state) for step, state in rows}
 
     def close(self) -> None:
         with self.lock:

@@ -28,6 +28,7 @@ def run_dpo(parts: RunParts, cfg: FactoryConfig, version: int, record) -> tuple[
     size, history = cfg.dpo.pairs_per_step, []
     with tqdm(range(cfg.dpo.steps), desc="dpo") as bar:
         for step in bar:
+            parts.drill("dpo", step)
             batch = [pairs[(step * size + i) % len(pairs)] for i in range(size)]
             history.append({"stage": "dpo", **parts.trainers.dpo_step(batch), "step": step + 1})
             record(history[-1])

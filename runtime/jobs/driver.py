@@ -124,6 +124,7 @@ def pretrain(cfg: FactoryConfig, parts: RunParts, tracker) -> list[dict[str, Any
     history = []
     with tqdm(range(cfg.train.total_steps), desc="pre-train") as bar:
         for step in bar:
+            parts.drill("pretrain", step)
             metrics = {"stage": "pretrain", **parts.trainers.train_step(parts.blender, step)}
             history.append(metrics)
             tracker.log(metrics)

@@ -1,15 +1,17 @@
-"""The parts of a running experiment, started together and stopped together.
+"""The parts of a running experiment, started together, supervised, and stopped together.
 
 `start` spawns each role named `<experiment>/<role>/<index>` (the Ray dashboard lists them):
 the pre-training blender, the task blender, the weight broadcaster, the inference pool, the
-trainer group and the sandbox pool. If any part fails to start, the ones already started are
-stopped before the error goes on; `RunParts.stop` ends them all, blenders through their own
-shutdown() so their SQLite stores close cleanly.
+trainer group and the sandbox pool. One Supervisor (runtime/supervision/) owns every actor
+handle; the parts hold names and ask it for the current handle, so a replacement is used as
+soon as it is ready. If any part fails to start, the ones already started are stopped before
+the error goes on; `RunParts.stop` ends them all, blenders through their own shutdown() so
+their SQLite stores close cleanly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,66 +20,127 @@ from runtime.jobs.task_stream import TaskStream
 from runtime.pools.inference_pool import InferencePool
 from runtime.pools.sandbox_pool import SandboxPool
 from runtime.pools.trainer_group import TrainerGroup
+from runtime.supervision.events import EventLog
+from runtime.supervision.faults import FaultInjector
+from runtime.supervision.supervisor import Supervisor
 
 
 @dataclass
 class RunParts:
-    blender: Any
-    """DataBlender actor: the pre-training stream."""
-    tasks: Any
-    """DataBlender actor: the RL task stream (one task per document)."""
-    broadcaster: Any
-    """WeightBroadcaster actor: publishes versions to the inference servers."""
-    pool: InferencePool
-    trainers: TrainerGroup
-    sandbox: SandboxPool
-    task_stream: TaskStream
-    """The driver's cursor over `tasks`."""
-
     cfg: FactoryConfig
+    supervisor: Supervisor
+    events: EventLog
+    blender: str
+    """The pre-training DataBlender's name (the supervisor holds its handle)."""
+    tasks: str
+    """The RL task DataBlender's name."""
+    broadcaster: str
+    """The WeightBroadcaster's name."""
+    pool: InferencePool | None = None
+    trainers: TrainerGroup | None = None
+    sandbox: SandboxPool | None = None
+    task_stream: TaskStream | None = None
+    """The driver's cursor over `tasks`."""
+    faults: FaultInjector | None = None
+
+    def drill(self, stage: str, step: int) -> None:
+        """Arm the `faults:` drills of this step (none by default)."""
+        if self.faults is not None:
+            self.faults.at(stage, step)
+
+    def handle(self, name: str) -> Any:
+        return self.supervisor.handle(name)
 
     def stop(self) -> None:
-        stop(vars(self), self.cfg.cluster.shutdown_timeout_s)
+        if self.faults is not None:
+            self.faults.stop()
+        for part in (self.trainers, self.pool, self.sandbox):
+            if part is not None:
+                part.shutdown()
+        self.supervisor.stop(self.cfg.cluster.shutdown_timeout_s)
 
 
 def start(cfg: FactoryConfig, model_path: Path, run_dir: Path, say=print) -> RunParts:
-    started: dict[str, Any] = {}
-    try:
-        _start(cfg, model_path, run_dir, started, say)
-    except BaseException:
-        stop(started, cfg.cluster.shutdown_timeout_s)
-        raise
-    return RunParts(cfg=cfg, **{f.name: started[f.name] for f in fields(RunParts) if f.name != "cfg"})
-
-
-def _start(cfg: FactoryConfig, model_path: Path, run_dir: Path, started: dict[str, Any], say) -> None:
-    import ray
-
-    from actors.data_blender import DataBlender
-    from actors.weight_broadcaster import WeightBroadcaster, latest_of
-    from runtime.core.calls import setup_all
     from runtime.core.cluster import actor_name
-    from runtime.pools.inference_pool import server_names
-    from serve.weight_service import expose
 
-    exp, place = cfg.experiment, cfg.placement
-    for role, data in (("blender", cfg.data), ("tasks", task_data(cfg))):
-        started[role] = ray.remote(DataBlender).options(name=actor_name(exp.name, role, 0),
-                                                        **resources(getattr(place, role))).remote(
-            data, exp.seed, exp.run_dir, str(model_path), role)
-    started["broadcaster"] = ray.remote(WeightBroadcaster).options(name=actor_name(exp.name, "broadcaster", 0)).remote(
-        cfg.weights, server_names(cfg), expose=expose if cfg.weights.grpc.enabled else None)
-    setup_all({actor_name(exp.name, role, 0): started[role] for role in ("blender", "tasks", "broadcaster")},
-              cfg.inference.setup_timeout_s, "inference.setup_timeout_s")
-    started["pool"] = InferencePool(cfg, model_path, latest=latest_of(started["broadcaster"])).start()
-    say(f"inference servers ready: {', '.join(started['pool'].versions())}")
+    events = EventLog(run_dir, cfg.experiment.name, say=print)
+    name = cfg.experiment.name
+    parts = RunParts(cfg, Supervisor(cfg.supervision, events), events, actor_name(name, "blender", 0),
+                     actor_name(name, "tasks", 0), actor_name(name, "broadcaster", 0))
+    try:
+        _start(parts, model_path, run_dir, say)
+    except BaseException:
+        parts.stop()
+        raise
+    return parts
+
+
+def _start(parts: RunParts, model_path: Path, run_dir: Path, say) -> None:
+    from actors.weight_broadcaster import latest_of
+    from runtime.core.calls import setup_all
+
+    cfg, sup = parts.cfg, parts.supervisor
+    for role in _roles(parts, model_path):
+        sup.spawn(role)
+    names = [parts.blender, parts.tasks, parts.broadcaster]
+    setup_all({n: sup.handle(n) for n in names}, cfg.inference.setup_timeout_s, "inference.setup_timeout_s")
+    parts.pool = InferencePool(cfg, model_path, latest=latest_of(lambda: sup.handle(parts.broadcaster)),
+                               supervisor=sup).start()
+    say(f"inference servers ready: {', '.join(parts.pool.versions())}")
     if cfg.playground.enabled:
         from serve.playground import start as start_playground
 
         say(f"playground: {start_playground(cfg, run_dir)} (model `live` follows the run)")
-    started["trainers"] = TrainerGroup(cfg, model_path).start()
-    started["sandbox"] = SandboxPool(cfg).start()
-    started["task_stream"] = TaskStream(started["tasks"], cfg)
+    parts.trainers = TrainerGroup(cfg, model_path, sup).start()
+    parts.sandbox = SandboxPool(cfg, sup).start()
+    parts.task_stream = TaskStream(sup, parts.tasks, cfg)
+    parts.faults = FaultInjector(cfg, lambda role, index: _resolve(parts, role, index), parts.events)
+
+
+def _roles(parts: RunParts, model_path: Path) -> list:
+    """The single actors of a run: both blenders (a replacement restores from its snapshots) and
+    the broadcaster (a replacement republishes the trainers' newest version)."""
+    from actors.data_blender import DataBlender
+    from actors.weight_broadcaster import WeightBroadcaster
+    from runtime.core.calls import wait
+    from runtime.supervision.role import Role
+    from serve.weight_service import expose
+
+    cfg, exp, place = parts.cfg, parts.cfg.experiment, parts.cfg.placement
+
+    def restore(handle) -> None:
+        wait(handle.setup.remote(True), cfg.inference.setup_timeout_s, "blender replacement: setup")
+
+    def republish(handle) -> None:
+        wait(handle.setup.remote(), cfg.inference.setup_timeout_s, "broadcaster replacement: setup")
+        if parts.trainers is not None and parts.trainers.published:
+            wait(handle.publish.remote(parts.trainers.published, [parts.trainers.weights_ref()]),
+                 cfg.weights.publish_timeout_s, f"broadcaster replacement: republish v{parts.trainers.published}")
+
+    blenders = [Role(role, 0, name, DataBlender, (data, exp.seed, exp.run_dir, str(model_path), role),
+                     resources(getattr(place, role)), restore)
+                for role, name, data in (("blender", parts.blender, cfg.data), ("tasks", parts.tasks, task_data(cfg)))]
+    broadcaster = Role("broadcaster", 0, parts.broadcaster, WeightBroadcaster,
+                       (cfg.weights, _server_names(cfg), parts.broadcaster, expose if cfg.weights.grpc.enabled else None),
+                       {}, republish)
+    return [*blenders, broadcaster]
+
+
+def _server_names(cfg: FactoryConfig) -> list[str]:
+    from runtime.pools.inference_pool import server_names
+
+    return server_names(cfg)
+
+
+def _resolve(parts: RunParts, role: str, index: int) -> Any:
+    """The actor that holds (role, index) now: what a fault drill signals."""
+    if role == "trainer":
+        return parts.trainers.shards[index]
+    if role == "inference":
+        return parts.pool.slots[index].handle
+    if role == "sandbox":
+        return parts.sandbox.workers[index].handle
+    return parts.handle({"blender": parts.blender, "tasks": parts.tasks, "broadcaster": parts.broadcaster}[role])
 
 
 def task_data(cfg: FactoryConfig) -> DataConfig:
@@ -90,23 +153,3 @@ def task_data(cfg: FactoryConfig) -> DataConfig:
 def resources(place) -> dict[str, Any]:
     """Ray actor options of a role's placement."""
     return {"num_cpus": place.num_cpus, "num_gpus": place.num_gpus, "max_concurrency": place.max_concurrency}
-
-
-def stop(parts: dict[str, Any], timeout_s: float) -> None:
-    """Stop whatever of the parts exists: pools and trainers through their own shutdown, blenders
-    through shutdown() (closing their stores) and then a kill, the broadcaster likewise."""
-    import ray
-
-    from runtime.core.calls import wait
-    from runtime.core.errors import CallTimeout, PeerLost
-
-    for role in ("trainers", "pool", "sandbox"):
-        if role in parts:
-            parts[role].shutdown()
-    for role in ("blender", "tasks", "broadcaster"):
-        if role in parts:
-            try:
-                wait(parts[role].shutdown.remote(), timeout_s, f"{role}: shutdown")
-            except (CallTimeout, PeerLost):  # dead or stuck: the kill below ends it
-                pass
-            ray.kill(parts[role])

@@ -71,6 +71,7 @@ def run_rl(parts: RunParts, cfg: FactoryConfig, first_version: int, record) -> t
     try:
         with tqdm(range(cfg.rl.steps), desc=f"rl ({cfg.rl.mode}, {algorithm.name})") as bar:
             for step in bar:
+                parts.drill("rl", step)
                 groups, waited = loop.take(version)
                 metrics = train_and_publish(parts, cfg, groups, version + 1, algorithm)
                 version += 1

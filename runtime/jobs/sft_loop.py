@@ -22,6 +22,7 @@ def run_sft(parts: RunParts, cfg: FactoryConfig, version: int, record) -> tuple[
     history = []
     with tqdm(range(cfg.sft.steps), desc="sft") as bar:
         for step in bar:
+            parts.drill("sft", step)
             examples = [{"prompt": t.prompt, "completion": reference(t)} for t in parts.task_stream.next()]
             history.append({"stage": "sft", **parts.trainers.sft_step(examples), "step": step + 1})
             record(history[-1])

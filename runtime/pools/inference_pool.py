@@ -6,8 +6,10 @@ Contract:
   requests outstanding. A chunk whose server dies is re-sent to a peer (at most
   `inference.max_attempts` servers per request); a late answer from a server
   already given up on is ignored, so no request is answered twice.
-- A dead server is replaced in the background under the same actor name; the
-  replacement loads the newest weight version before it takes requests.
+- A dead server is reported to the supervisor, which replaces it under the same
+  actor name (runtime/supervision/); in the background the pool sets the
+  replacement up and has it load the newest weight version before it takes
+  requests: until then no caller can reach it through the pool.
 - Hung or dead: when a call outlives `request_timeout_s`, every server still
   holding work is probed with `health()`. One that does not answer within
   `health_timeout_s` is hung: it is killed, replaced, and its work re-sent. If
@@ -37,9 +39,11 @@ from actors.inference_server import InferenceServer
 from runtime.core.cluster import actor_name
 from runtime.core.config import FactoryConfig
 from runtime.core.calls import await_setup
-from runtime.core.errors import InferenceTimeout, InferenceUnavailable
+from runtime.core.errors import CallTimeout, InferenceTimeout, PeerLost, InferenceUnavailable, StaleVersionError
 from runtime.core.generation import GenerationRequest, GenerationResult
 from runtime.core.metrics import PoolMetrics
+from runtime.supervision.role import Role
+from runtime.supervision.supervisor import Supervisor, standalone
 
 log = logging.getLogger(__name__)
 SERVER_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -67,10 +71,12 @@ class Chunk:
 
 class InferencePool:
     def __init__(self, cfg: FactoryConfig, model_path: Path | str,
-                 latest: Callable[[], tuple[int, Any] | None] | None = None):
+                 latest: Callable[[], tuple[int, Any] | None] | None = None, supervisor: Supervisor | None = None):
         """`latest` answers (version, object ref) of the newest weights when something other than
-        `load_weights` publishes them (the WeightBroadcaster); replacements load that."""
+        `load_weights` publishes them (the WeightBroadcaster); replacements load that. Without a
+        `supervisor` (a pool on its own: tests, benches) the pool makes one of its own."""
         self.cfg = cfg
+        self.supervisor = supervisor or standalone(cfg)
         self.model_path = str(model_path)
         self.slots = [
             Slot(i, name) for i, name in enumerate(server_names(cfg))
@@ -95,11 +101,10 @@ class InferencePool:
 
     def shutdown(self) -> None:
         with self._cv:
-            handles = [slot.handle for slot in self.slots if slot.handle is not None]
             for slot in self.slots:
                 slot.ready, slot.handle = False, None
-        for handle in handles:
-            ray.kill(handle)
+        for slot in self.slots:
+            self.supervisor.drop(slot.name)
 
     # ---- requests --------------------------------------------------------
 
@@ -239,23 +244,35 @@ class InferencePool:
         threading.Thread(target=self._replace, args=(slot, old), name=f"replace-{slot.name}", daemon=True).start()
 
     def _replace(self, slot: Slot, old: Any) -> None:
+        started = time.perf_counter()
         try:
-            ray.kill(old)
-            self._await_setups({slot.index: self._spawn(slot)})
+            slot.handle = self.supervisor.replace(slot.name, "died", restart=False)
+            self._await_setups({slot.index: slot.handle.setup.remote()})
             self._catch_up(slot)
         except Exception:  # the replacement thread is a boundary: the slot stays down, callers see no ready server
             log.exception("replacing %s failed; the pool runs without it", slot.name)
             return
         self.counts["replaced"] += 1
         self.metrics.replaced()
+        self.supervisor.recovered(slot.name, f"{slot.name} replaced; serving version {self._version_of(slot)}",
+                                  time.perf_counter() - started)
+
+    def _version_of(self, slot: Slot) -> int | str:
+        try:
+            return ray.get(slot.handle.get_version.remote(), timeout=self.cfg.inference.health_timeout_s)
+        except (GetTimeoutError, *SERVER_LOST):
+            return "?"
 
     def _catch_up(self, slot: Slot) -> None:
         """Load the newest version, then open for requests, without missing a version published meanwhile."""
         while True:
             weights = self._newest()
             if weights is not None:
-                ray.get(slot.handle.load_weights.remote(*weights), timeout=self.cfg.inference.request_timeout_s)
-            external = self._external_latest() if self._external_latest else None
+                try:
+                    ray.get(slot.handle.load_weights.remote(*weights), timeout=self.cfg.inference.request_timeout_s)
+                except StaleVersionError:  # a publish reached it first with a newer version: ask again
+                    continue
+            external = self._external_latest_retrying() if self._external_latest else None
             with self._cv:
                 if (external if self._external_latest else self._weights) == weights:
                     slot.ready = True
@@ -265,37 +282,32 @@ class InferencePool:
 
     def _newest(self) -> tuple[int, Any] | None:
         if self._external_latest is not None:
-            return self._external_latest()
+            return self._external_latest_retrying()
         with self._cv:
             return self._weights
 
+    def _external_latest_retrying(self) -> tuple[int, Any] | None:
+        """The publisher's newest version; while the publisher itself is being replaced, ask again
+        (for up to inference.setup_timeout_s)."""
+        deadline = time.monotonic() + self.cfg.inference.setup_timeout_s
+        while True:
+            try:
+                return self._external_latest()
+            except (PeerLost, CallTimeout):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def _spawn(self, slot: Slot) -> Any:
-        placement = self.cfg.placement.inference
-        actor = ray.remote(InferenceServer).options(
-            name=slot.name,
-            num_cpus=placement.num_cpus,
-            num_gpus=placement.num_gpus,
-            max_concurrency=placement.max_concurrency,
-        )
+        place = self.cfg.placement.inference
         args = (self.cfg.inference, self.model_path, slot.name, slot.index, self.cfg.model.dtype)
-        slot.handle = _create_named(actor, slot.name, args)
+        options = {"num_cpus": place.num_cpus, "num_gpus": place.num_gpus, "max_concurrency": place.max_concurrency}
+        slot.handle = self.supervisor.spawn(Role("inference", slot.index, slot.name, InferenceServer, args, options))
         return slot.handle.setup.remote()
 
     def _await_setups(self, setups: dict[int, Any]) -> None:
         await_setup({self.slots[i].name: ref for i, ref in setups.items()}, self.cfg.inference.setup_timeout_s,
                     "inference.setup_timeout_s")
-
-
-def _create_named(actor, name: str, args: tuple, wait_s: float = 30.0):
-    """Create an actor under `name`, waiting for a dead predecessor to release the name."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return actor.remote(*args)
-        except ValueError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def server_names(cfg: FactoryConfig) -> list[str]:

@@ -34,6 +34,7 @@ from runtime.pools.inference_pool import SERVER_LOST
 from runtime.core.metrics import SandboxMetrics
 from runtime.sandbox import Execution, ExecutionResult, Status
 from runtime.sandbox.requests import validate
+from runtime.supervision.supervisor import Supervisor, standalone
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 5.0
@@ -67,11 +68,15 @@ class Worker:
     inflight: dict = field(default_factory=dict)
     probe: tuple[Any, float] | None = None
     last_probe: float = field(default_factory=time.monotonic)
+    replacing_since: float | None = None
 
 
 class SandboxPool:
-    def __init__(self, cfg: FactoryConfig):
+    def __init__(self, cfg: FactoryConfig, supervisor: Supervisor | None = None):
+        """The pool respawns lost workers itself, without blocking its dispatcher, but asks the
+        `supervisor`'s policy first and records each loss and replacement in its event log."""
         self.cfg = cfg
+        self.supervisor = supervisor or standalone(cfg)
         self.sandbox = cfg.sandbox
         self.workers: list[Worker] = []
         self.counts: collections.Counter[str] = collections.Counter()
@@ -245,7 +250,8 @@ class SandboxPool:
     # ---- workers ---------------------------------------------------------
 
     def _lost(self, worker: Worker, why: str) -> None:
-        log.warning("sandbox worker %s %s; replacing it", worker.name, why)
+        self.supervisor.events.record("lost", "sandbox", f"{worker.name} {why}; its executions are re-sent",
+                                      actor=worker.name, inflight=len(worker.inflight))
         ray.kill(worker.handle)
         for job in list(worker.inflight.values()):
             if job.attempts >= self.sandbox.max_attempts:
@@ -257,9 +263,14 @@ class SandboxPool:
         worker.probe = None
         self.counts["replaced"] += 1
         self.metrics.replaced()
+        decision = self.supervisor.policy.decide("sandbox", worker.name, why)
         if worker.state == "draining":
             worker.state = "retired"
+        elif decision.action == "fail":
+            self.supervisor.events.record("failed", "sandbox", decision.reason, actor=worker.name)
+            worker.state = "failed"
         else:
+            worker.replacing_since = time.monotonic()
             self._respawn(worker)
 
     def _respawn(self, worker: Worker) -> None:
@@ -272,6 +283,12 @@ class SandboxPool:
             worker.state = "respawn"
             return
         worker.state, worker.setup_ref = "starting", worker.handle.setup.remote()
+
+    def _replaced(self, worker: Worker) -> None:
+        if worker.replacing_since is not None:
+            seconds, worker.replacing_since = time.monotonic() - worker.replacing_since, None
+            self.supervisor.events.record("replaced", "sandbox", f"{worker.name} replaced in {seconds:.1f} s",
+                                          seconds=seconds, actor=worker.name)
 
     def _add_worker(self) -> None:
         index = len(self.workers)
@@ -287,6 +304,7 @@ class SandboxPool:
                 try:
                     ray.get(worker.setup_ref, timeout=0)
                     worker.state = "ready"
+                    self._replaced(worker)
                 except SERVER_LOST:
                     self._respawn(worker)
                 except Exception:  # the self-check failed: this worker stays out, loudly

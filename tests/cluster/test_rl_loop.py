@@ -82,19 +82,21 @@ def test_a_task_stream_mixing_code_and_answer_tasks_is_scored_per_kind(actors):
     from runtime.jobs.parts import task_data
     from runtime.jobs.rl_loop import collect
     from runtime.jobs.task_stream import TaskStream
+    from runtime.supervision.role import Role
 
     cfg, started = actors
     mixed = type(cfg.rl.tasks).model_validate({"sources": [
         {"name": "linear", "type": "generator", "generator": "linear_tasks", "weight": 0.5},
         {"name": "arithmetic", "type": "generator", "generator": "arithmetic_tasks", "weight": 0.5}]})
     cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"tasks": mixed, "prompts_per_step": 8})})
-    blender = ray.remote(DataBlender).options(name="test-rl/tasks/1").remote(
-        task_data(cfg), cfg.experiment.seed, cfg.experiment.run_dir, cfg.model.path, "tasks-mixed")
+    name = "test-rl/tasks/1"
+    blender = started.supervisor.spawn(Role("tasks", 1, name, DataBlender, (
+        task_data(cfg), cfg.experiment.seed, cfg.experiment.run_dir, cfg.model.path, "tasks-mixed")))
     ray.get(blender.setup.remote(), timeout=120)
     try:
-        groups = collect(replace(started, task_stream=TaskStream(blender, cfg)), cfg)
+        groups = collect(replace(started, task_stream=TaskStream(started.supervisor, name, cfg)), cfg)
     finally:
-        ray.kill(blender)
+        started.supervisor.drop(name)
     kinds = {}
     for g in groups:
         kinds.setdefault(type(g.task).__name__, set()).update(g.statuses)

@@ -11,6 +11,7 @@ import ray
 import torch
 from transformers import AutoConfig
 
+from runtime.core.cluster import remote_class
 from actors.weight_broadcaster import WeightBroadcaster
 from runtime.core.config import SamplingConfig, load_config
 from runtime.core.errors import ConfigError, StaleVersionError
@@ -34,7 +35,7 @@ def setup(ray_cluster, tiny_model):
     cfg = load_config("default", [f"model.path={tiny_model}", "experiment.name=test-weights",
                                   "inference.cpu_bind=nobind", "weights.grpc.enabled=true"])
     pool = InferencePool(cfg, tiny_model).start()
-    broadcaster = ray.remote(WeightBroadcaster).options(name="test-weights/broadcaster/0").remote(
+    broadcaster = remote_class(WeightBroadcaster).options(name="test-weights/broadcaster/0").remote(
         cfg.weights, server_names(cfg), expose=expose)
     info = ray.get(broadcaster.setup.remote(), timeout=60)
     yield cfg, pool, broadcaster, info["endpoint"]
@@ -107,7 +108,7 @@ def test_a_replacement_server_catches_up_to_the_broadcast_version(ray_cluster, t
 
     cfg = load_config("default", [f"model.path={tiny_model}", "experiment.name=test-catchup",
                                   "inference.cpu_bind=nobind"])
-    broadcaster = ray.remote(WeightBroadcaster).options(name="test-catchup/broadcaster/0").remote(
+    broadcaster = remote_class(WeightBroadcaster).options(name="test-catchup/broadcaster/0").remote(
         cfg.weights, server_names(cfg))
     ray.get(broadcaster.setup.remote(), timeout=60)
     pool = InferencePool(cfg, tiny_model, latest=latest_of(broadcaster)).start()

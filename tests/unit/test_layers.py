@@ -15,6 +15,7 @@ LAYERS = [
     ["runtime.model"],
     ["rl"],
     ["actors"],
+    ["runtime.supervision"],
     ["runtime.pools"],
     ["serve"],
     ["runtime.jobs"],

@@ -1,0 +1,38 @@
+"""A role's actor as the supervisor sees it: how to spawn it under its name and how to bring a
+fresh one to where the lost one was (setup, restore, load the current weights)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.core.cluster import remote_class
+
+
+@dataclass
+class Role:
+    kind: str
+    """The role: trainer, inference, sandbox, blender, tasks, broadcaster (config.ROLES)."""
+    index: int
+    name: str
+    """The actor's name, `<experiment>/<role>/<index>`; a replacement takes the same name."""
+    cls: type
+    args: tuple
+    options: dict[str, Any] = field(default_factory=dict)
+    """Ray actor options (resources, max_concurrency); the name is added."""
+    restart: Callable[[Any], None] | None = None
+    """Brings a replacement up (setup, restore, catch up) and returns when it may take calls."""
+
+    def spawn(self, wait_s: float = 30.0) -> Any:
+        """Create the actor under its name, waiting for a dead predecessor to release the name."""
+        actor = remote_class(self.cls).options(name=self.name, **self.options)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return actor.remote(*self.args)
+            except ValueError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)

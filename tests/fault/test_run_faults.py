@@ -1,0 +1,55 @@
+"""The main job through `factory run`, with one actor of every role SIGKILLed along the way (the
+`faults:` drill): the run finishes with exit 0, every loss is recorded and recovered in
+RUN_DIR/events.jsonl, and the RL counts add up (every group trained on or counted as dropped)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fault]
+BIN = Path(sys.executable).parent
+
+SYNC_KILLS = ("[{role: trainer, index: 1, stage: pretrain, step: 4, delay_s: 0.05},"
+              " {role: blender, stage: pretrain, step: 7},"
+              " {role: inference, index: 0, stage: rl, step: 1, delay_s: 0.3},"
+              " {role: broadcaster, stage: rl, step: 2, delay_s: 0.2},"
+              " {role: tasks, stage: rl, step: 3},"
+              " {role: sandbox, index: 0, stage: rl, step: 4, delay_s: 0.5},"
+              " {role: trainer, index: 0, stage: rl, step: 5, delay_s: 0.5}]")
+ASYNC_KILLS = ("[{role: inference, index: 1, stage: rl, step: 1, delay_s: 0.2},"
+               " {role: trainer, index: 1, stage: rl, step: 3, delay_s: 0.3},"
+               " {role: broadcaster, stage: rl, step: 4}]")
+
+
+def run_with_faults(tiny_model, run_dir: Path, mode: str, kills: str) -> subprocess.CompletedProcess:
+    args = [str(BIN / "factory"), "run", "default", f"model.path={tiny_model}", f"experiment.run_dir={run_dir}",
+            f"experiment.name=test-faults-{mode}", "train.total_steps=12", "rl.steps=8", f"rl.mode={mode}",
+            "rl.eval_tasks=8", "rl.eval_samples=2", "supervision.health_timeout_s=3", f"faults.kills={kills}"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("mode,kills,roles", [
+    ("sync", SYNC_KILLS, {"trainer": 2, "blender": 1, "inference": 1, "broadcaster": 1, "tasks": 1, "sandbox": 1}),
+    ("async", ASYNC_KILLS, {"inference": 1, "trainer": 1, "broadcaster": 1}),
+])
+def test_the_main_job_survives_a_kill_of_every_role(tiny_model, tmp_path, mode, kills, roles):
+    done = run_with_faults(tiny_model, tmp_path, mode, kills)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    injected = [e for e in events if e["kind"] == "injected"]
+    assert len(injected) == kills.count("role:") and all("pid" in e for e in injected), injected
+    replaced = {}
+    for e in events:
+        if e["kind"] == "replaced":
+            replaced[e["role"]] = replaced.get(e["role"], 0) + 1
+    assert replaced == roles, events
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rl = summary["rl"]
+    assert summary["rl_steps"] == 8
+    assert rl["groups_produced"] == rl["groups_used"] + rl["dropped_stale"] + rl["dropped_unused"], rl
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["stage"] == "pretrain"] == list(range(1, 13))
+    assert [m["version"] for m in metrics if m["stage"] == "rl"] == list(range(2, 10))

@@ -1,0 +1,173 @@
+"""A trainer shard lost mid-run is replaced in place, from a peer, and the run ends with the weights
+it would have had without the fault (pre-training, SFT, and RL on the same experience).
+
+Real gloo groups in Ray actors, the real blender, real SIGKILL and SIGSTOP to the shard's process
+(through the `faults:` drill, as a user would run it)."""
+
+import numpy as np
+import pytest
+import ray
+
+from actors.data_blender import DataBlender
+from runtime.core.cluster import actor_name
+from runtime.core.config import FaultKill, FaultsConfig, load_config
+from runtime.pools.trainer_group import TrainerGroup
+from runtime.supervision.events import EventLog, read_events
+from runtime.supervision.faults import FaultInjector
+from runtime.supervision.role import Role
+from runtime.supervision.supervisor import Supervisor
+
+pytestmark = [pytest.mark.cluster, pytest.mark.fault]
+STEPS = 8
+
+
+def config(model, run, name, *overrides):
+    return load_config("default", [f"model.path={model}", f"experiment.name={name}", f"experiment.run_dir={run}",
+                                   "data.seq_len=64", "data.batch_size=8", "train.warmup_steps=2",
+                                   f"train.total_steps={STEPS}", "supervision.health_timeout_s=2",
+                                   "supervision.probe_interval_s=0.5", *overrides])
+
+
+class Run:
+    """A supervisor, a supervised blender and a trainer group: the pre-training part of a run."""
+
+    def __init__(self, model, run, name, kills=(), overrides=()):
+        self.cfg = config(model, run, name, *overrides).model_copy(
+            update={"faults": FaultsConfig(kills=[FaultKill(**k) for k in kills])})
+        self.run_dir = run
+        self.sup = Supervisor(self.cfg.supervision, EventLog(run, name))
+        self.blender = actor_name(name, "blender", 0)
+        self.sup.spawn(Role("blender", 0, self.blender, DataBlender,
+                            (self.cfg.data, self.cfg.experiment.seed, str(run), str(model)), {"max_concurrency": 16},
+                            lambda h: ray.get(h.setup.remote(True), timeout=120)))
+        ray.get(self.sup.handle(self.blender).setup.remote(), timeout=120)
+        self.group = TrainerGroup(self.cfg, model, self.sup).start()
+        self.drill = FaultInjector(self.cfg, self.resolve, self.sup.events)
+
+    def resolve(self, role, index):
+        return self.group.shards[index] if role == "trainer" else self.sup.handle(self.blender)
+
+    def pretrain(self, steps=STEPS):
+        out = []
+        for step in range(steps):
+            self.drill.at("pretrain", step)
+            out.append(self.group.train_step(self.blender, step))
+        return out
+
+    def weights(self):
+        states = ray.get([s.weights.remote() for s in self.group.shards], timeout=60)
+        assert all(np.array_equal(states[0][k], s[k]) for s in states[1:] for k in states[0]), "replicas differ"
+        return states[0]
+
+    def close(self):
+        self.drill.stop()
+        self.group.shutdown()
+        self.sup.stop(5)
+
+
+def max_difference(a, b):
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def baseline(ray_cluster, tiny_model, tmp_path_factory):
+    run = Run(tiny_model, tmp_path_factory.mktemp("base"), "test-ft-base")
+    try:
+        history = run.pretrain()
+        return history, run.weights()
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize("kills", [
+    [{"role": "trainer", "index": 1, "step": 3}],
+    [{"role": "trainer", "index": 0, "step": 2, "delay_s": 0.05}, {"role": "trainer", "index": 1, "step": 6,
+                                                                      "delay_s": 0.02}],
+], ids=["rank1-at-step3", "rank0-then-rank1-inside-steps"])
+def test_a_killed_shard_is_replaced_in_place_and_the_weights_match(baseline, tiny_model, tmp_path, kills):
+    history, expected = baseline
+    run = Run(tiny_model, tmp_path, "test-ft-kill", kills)
+    try:
+        got = run.pretrain()
+        assert max_difference(run.weights(), expected) <= 1e-6
+        assert [h["loss"] for h in got] == pytest.approx([h["loss"] for h in history], abs=1e-6)
+        recoveries = run.group.recoveries
+    finally:
+        run.close()
+    events = read_events(tmp_path)
+    assert sum(e["kind"] == "injected" for e in events) == len(kills)
+    assert len(recoveries) == len(kills) and sum(e["kind"] == "replaced" for e in events) == len(kills)
+    assert all("replaced from trainer" in e["message"] for e in events if e["kind"] == "replaced")
+
+
+def test_a_hung_shard_is_noticed_by_its_probe_and_replaced(baseline, tiny_model, tmp_path):
+    _, expected = baseline
+    run = Run(tiny_model, tmp_path, "test-ft-hung", [{"role": "trainer", "index": 1, "step": 4, "signal": "STOP"}])
+    try:
+        run.pretrain()
+        assert max_difference(run.weights(), expected) <= 1e-6
+    finally:
+        run.close()
+    kinds = [e["kind"] for e in read_events(tmp_path)]
+    assert "hung" in kinds and "replaced" in kinds, kinds
+
+
+def test_a_warm_spare_takes_the_lost_shards_place(baseline, tiny_model, tmp_path):
+    _, expected = baseline
+    run = Run(tiny_model, tmp_path, "test-ft-spare", [{"role": "trainer", "index": 1, "step": 3}],
+              ["placement.trainer.spares=1"])
+    try:
+        ray.get(list(run.group.spares.values()), timeout=120)
+        run.pretrain()
+        assert max_difference(run.weights(), expected) <= 1e-6
+        assert "trainer-spare/0" in run.group.members[1], run.group.members
+        assert len(run.group.spares) == 1, "a new spare replaces the one used"
+    finally:
+        run.close()
+
+
+def test_a_killed_blender_is_restored_and_replays_the_step(baseline, tiny_model, tmp_path):
+    _, expected = baseline
+    run = Run(tiny_model, tmp_path, "test-ft-blender", [{"role": "blender", "step": 5}])
+    try:
+        run.pretrain()
+        assert max_difference(run.weights(), expected) <= 1e-6
+    finally:
+        run.close()
+    replaced = [e for e in read_events(tmp_path) if e["kind"] == "replaced"]
+    assert [e["role"] for e in replaced] == ["blender"]
+
+
+def experience(seed, rows=8):
+    rng = np.random.default_rng(seed)
+    return [{"prompt_ids": rng.integers(3, 200, 6).tolist(), "completion_ids": rng.integers(3, 200, 5).tolist(),
+             "logprobs": (-rng.random(5)).tolist(), "advantage": float(rng.standard_normal())} for _ in range(rows)]
+
+
+def post_train(run, kill_at=None):
+    """Two RL steps, then two SFT steps, on fixed rows; a SIGKILL of shard 1 at the step `kill_at`."""
+    from runtime.jobs.rl_loop import algorithm_of
+
+    if kill_at is not None:
+        run.drill.kills.append(FaultKill(role="trainer", index=1, stage="rl", step=kill_at))
+    for step in range(2):
+        run.drill.at("rl", step)
+        run.group.rl_step(experience(step), algorithm_of(run.cfg))
+    for step in range(2):
+        run.drill.at("rl", 2 + step)
+        run.group.sft_step([{"prompt": f"q{step}{i}", "completion": f" a{i}"} for i in range(4)])
+    return run.weights()
+
+
+@pytest.mark.parametrize("kill_at", [1, 3], ids=["in-rl", "in-sft"])
+def test_post_training_through_a_shard_kill_ends_with_the_same_weights(ray_cluster, tiny_model, tmp_path, kill_at):
+    runs = {}
+    for label, kill in (("clean", None), ("killed", kill_at)):
+        run = Run(tiny_model, tmp_path / label, f"test-ft-post-{label}", (), ["rl.kl_coef=0.01"])
+        try:
+            runs[label] = post_train(run, kill)
+            recoveries = len(run.group.recoveries)
+        finally:
+            run.close()
+        assert recoveries == (kill is not None)
+    assert max_difference(runs["killed"], runs["clean"]) <= 1e-6
