@@ -4,8 +4,10 @@ and the interrupted step is redone; Ray Train restarts the whole worker group fr
 checkpoint instead.
 
 Ours: TrainerGroup (2 gloo shards, tiny model, the real blender), SIGKILL to shard 1 just before a
-step; seconds from the kill to that step committed: with a fresh replacement, and with a warm
-spare (`placement.trainer.spares=1`).
+step; seconds from the kill to that step committed: with a warm spare taking the rank
+(`placement.trainer.spares=1`), and with a fresh actor (killed again before the next spare is
+warm). The fresh figure's phases (probe, spawn, re-form) are in the JSON: re-forming waits for
+the new process to import torch and transformers.
 Baseline: Ray Train `TorchTrainer` (2 gloo workers, same model, batch and sequence length, DDP via
 `prepare_model`, a checkpoint reported every step, `FailureConfig(max_failures=3)`, Ray's
 defaults otherwise); SIGKILL to worker 1's process; seconds from the kill to the next step that
@@ -33,7 +35,9 @@ import ray
 SEQ, BATCH = 64, 8
 
 
-def ours(model: Path, root: Path, kills: int, spares: int) -> dict:
+def ours(model: Path, root: Path, kills: int) -> dict:
+    """One group with one warm spare; each round kills shard 1 twice: first with the spare warm (it
+    takes the rank), then at once again, before the new spare is warm (a fresh actor takes it)."""
     from actors.data_blender import DataBlender
     from runtime.core.config import load_config
     from runtime.pools.trainer_group import TrainerGroup
@@ -41,32 +45,35 @@ def ours(model: Path, root: Path, kills: int, spares: int) -> dict:
     from runtime.supervision.role import Role
     from runtime.supervision.supervisor import Supervisor
 
-    name = f"bench-recovery-{spares}"
+    name = "bench-recovery"
     cfg = load_config("default", [f"model.path={model}", f"experiment.name={name}", f"experiment.run_dir={root}",
                                   f"data.seq_len={SEQ}", f"data.batch_size={BATCH}", "train.total_steps=1000",
-                                  f"placement.trainer.spares={spares}", "supervision.max_replacements=100"])
+                                  "placement.trainer.spares=1", "supervision.max_replacements=100"])
     sup = Supervisor(cfg.supervision, EventLog(root, name, say=lambda _: None))
-    sup.spawn(Role("blender", 0, f"{name}/blender/0", DataBlender, (cfg.data, 0, str(root), str(model)),
-                   {"max_concurrency": 16}, lambda h: ray.get(h.setup.remote(True), timeout=120)))
-    ray.get(sup.handle(f"{name}/blender/0").setup.remote(), timeout=120)
+    blender = f"{name}/blender/0"
+    sup.spawn(Role("blender", 0, blender, DataBlender, (cfg.data, 0, str(root), str(model)), {"max_concurrency": 16},
+                   lambda h: ray.get(h.setup.remote(True), timeout=120)))
+    ray.get(sup.handle(blender).setup.remote(), timeout=120)
     group = TrainerGroup(cfg, model, sup).start()
-    seconds, step = [], 0
+    seconds: dict[str, list[float]] = {"spare": [], "fresh": []}
+    step = 0
     try:
         for _ in range(kills):
-            ray.get(list(group.spares.values()), timeout=120)  # a spare is warm again before the next kill
-            for _ in range(3):
-                group.train_step(f"{name}/blender/0", step)
+            ray.get(list(group.spares.values()), timeout=120)
+            for kind in ("spare", "fresh"):
+                for _ in range(2):
+                    group.train_step(blender, step)
+                    step += 1
+                pid = ray.get(group.shards[1].health.remote(), timeout=10)["pid"]
+                killed = time.perf_counter()
+                os.kill(pid, signal.SIGKILL)
+                group.train_step(blender, step)
+                seconds[kind].append(time.perf_counter() - killed)
                 step += 1
-            pid = ray.get(group.shards[1].health.remote(), timeout=10)["pid"]
-            killed = time.perf_counter()
-            os.kill(pid, signal.SIGKILL)
-            group.train_step(f"{name}/blender/0", step)
-            seconds.append(time.perf_counter() - killed)
-            step += 1
     finally:
         group.shutdown()
         sup.stop(5)
-    return {"seconds": seconds, "recovery_s": [r["seconds"] for r in group.recoveries]}
+    return {**seconds, "recoveries": group.recoveries}
 
 
 def train_loop(config: dict) -> None:
@@ -111,7 +118,7 @@ def ray_train(model: Path, root: Path, kills: int) -> dict:
     seconds: list[float] = []
     killer = threading.Thread(target=kill_workers, args=(log, kills, seconds), daemon=True)
     killer.start()
-    trainer = TorchTrainer(train_loop, train_loop_config={"model": str(model), "steps": 6 + 6 * kills, "log": str(log)},
+    trainer = TorchTrainer(train_loop, train_loop_config={"model": str(model), "steps": 3 + 3 * kills, "log": str(log)},
                            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                            run_config=RunConfig(storage_path=str(root / "ray-train"), name="recovery",
                                                 failure_config=FailureConfig(max_failures=kills + 2)))
@@ -156,16 +163,16 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     model = ensure_built(BuildConfig(), 0, root / "models")
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-    fresh = ours(model, root / "fresh", kills, spares=0)
-    spare = ours(model, root / "spare", kills, spares=1)
+    mine = ours(model, root / "ours", kills)
     baseline = ray_train(model, root, kills)
     ray.shutdown()
-    ours_s, spare_s, ray_s = (statistics.median(r["seconds"]) for r in (fresh, spare, baseline))
+    ours_s, spare_s, ray_s = (statistics.median(s) for s in (mine["fresh"], mine["spare"], baseline["seconds"]))
+    fresh_phases = [r["phases"] for r in mine["recoveries"][1::2]]
     print(f"kill -> next committed step: ours {ours_s:.2f} s (warm spare {spare_s:.2f} s); "
           f"Ray Train TorchTrainer {ray_s:.2f} s")
     print(json.dumps({"bench": "recovery", "quick": args.quick, "kills": kills,
                       "ours_s": round(ours_s, 3), "ours_spare_s": round(spare_s, 3), "ray_train_s": round(ray_s, 3),
-                      "ours_recovery_s": [round(s, 3) for s in fresh["recovery_s"]],
+                      "ours_fresh_phases_s": fresh_phases,
                       "ratio": round(ray_s / ours_s, 2), "ratio_spare": round(ray_s / spare_s, 2)}))
 
 

@@ -57,6 +57,7 @@ class TrainerGroup:
         """The newest version published (what a replacement broadcaster republishes)."""
         self.recoveries: list[dict[str, Any]] = []
         self._hung: set[str] = set()
+        self._failed_at: float | None = None
 
     @property
     def shards(self) -> list[Any]:
@@ -130,6 +131,7 @@ class TrainerGroup:
             try:
                 result = attempt()
             except RECOVERABLE as exc:
+                self._failed_at = time.perf_counter()
                 donor = self._recover(exc, what, others)
                 if step and donor is not None and donor[0] > before:
                     self.step = donor[0]
@@ -172,6 +174,7 @@ class TrainerGroup:
                 return None
             raise error
         started = time.perf_counter()
+        phases = {"probe": started - self._failed_at} if self._failed_at else {}
         shards = self.shards
         survivors = [rank for rank in range(self.size) if rank not in lost]
         if not survivors:
@@ -180,25 +183,31 @@ class TrainerGroup:
                                          self.cfg.supervision.health_timeout_s, f"{what}: survivors")))
         donor = max(survivors, key=lambda r: steps[r]["step"])
         donor_step, lost_names = steps[donor]["step"], [self.members[r] for r in lost]
+        mark = time.perf_counter()
         fresh = {rank: self._take_place(rank, statuses[self.members[rank]], what) for rank in lost}
+        phases["spawn"], mark = time.perf_counter() - mark, time.perf_counter()
         self._regroup(shards[donor], donor_step, {r: steps[r]["step"] for r in survivors}, fresh)
+        phases["regroup"] = time.perf_counter() - mark
         seconds = time.perf_counter() - started
-        self.recoveries.append({"at": what, "lost": lost_names, "donor": donor, "seconds": seconds})
+        self.recoveries.append({"at": what, "lost": lost_names, "donor": donor, "seconds": seconds,
+                                "phases": {k: round(v, 3) for k, v in phases.items()}})
         self.supervisor.recovered(self.members[lost[0]], f"{', '.join(lost_names)} lost at {what}; replaced from "
                                   f"trainer {donor} (step {donor_step})", seconds)
         return donor_step, self.shards[donor]
 
     def _take_place(self, rank: int, fault: str, what: str) -> bool:
-        """Put a spare (warm) or a fresh actor at `rank`; True when it is fresh (it needs setup)."""
-        ready = [name for name, ref in self.spares.items() if not ray.wait([ref], timeout=0)[1]]
-        if not ready:
-            self.supervisor.replace(self.members[rank], fault, what, restart=False)
-            return True
+        """Put a warm spare, or else a fresh actor under the rank's own name, at `rank`; True when it
+        is fresh (it needs setup)."""
         self.supervisor.retire(self.members[rank], fault, what)
-        self.spares.pop(ready[0])
-        self.members[rank] = ready[0]
-        self._start_spare()
-        return False
+        ready = [name for name, ref in self.spares.items() if not ray.wait([ref], timeout=0)[1]]
+        if ready:
+            self.spares.pop(ready[0])
+            self.members[rank] = ready[0]
+            self._start_spare()
+            return False
+        self.members[rank] = actor_name(self.cfg.experiment.name, "trainer", rank)
+        self.supervisor.spawn(self._role(rank, self.members[rank]))
+        return True
 
     def _regroup(self, donor: Any, donor_step: int, steps: dict[int, int], fresh: dict[int, bool]) -> None:
         """Every shard joins a new group; those behind the donor (and the newcomers) take its state."""
