@@ -162,10 +162,14 @@ class DataBlender:
 
     # ---- snapshots -------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """Snapshot at the served boundary: what a replacement needs to continue exactly."""
+    def state(self, step: int | None = None) -> dict[str, Any]:
+        """Snapshot at the served boundary (or before `step`, within the replay window): what a
+        replacement needs to continue exactly from there."""
         with self._cv:
-            return self._snapshot_at(self._served + 1)
+            at = self._served + 1 if step is None else step
+            if at != self._served + 1 and at not in self._snapshots:
+                raise ReplayWindowError(f"no snapshot before step {at} is kept (data.replay_window)")
+            return self._snapshot_at(at)
 
     def restore(self, state: dict[str, Any]) -> None:
         with self._cv:

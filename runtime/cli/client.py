@@ -37,6 +37,38 @@ class FactoryClient:
 
         return driver.run(cfg)
 
+    @staticmethod
+    def resume_config(run_dir: str | os.PathLike, overrides: list[str] = ()) -> FactoryConfig:
+        """The config a run was started with (RUN_DIR/config.yaml), with `overrides` on top."""
+        from pathlib import Path
+
+        import yaml
+
+        from runtime.core.config import apply_override
+
+        path = Path(run_dir) / "config.yaml"
+        if not path.is_file():
+            raise FactoryError(f"{run_dir}: not a run directory (no config.yaml)")
+        tree = yaml.safe_load(path.read_text())
+        for override in overrides:
+            apply_override(tree, override)
+        tree.setdefault("experiment", {})["run_dir"] = str(Path(run_dir).resolve())
+        return validate_tree(tree, source=str(path))
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike, overrides: list[str] = ()):
+        """Continue the run in `run_dir` from its newest checkpoint (`factory run --resume RUN_DIR`)."""
+        from runtime.jobs import driver
+
+        return driver.run(cls.resume_config(run_dir, overrides), resume=True)
+
+    @staticmethod
+    def run_status(run_dir: str | os.PathLike) -> str:
+        """One line on a run directory: running, finished, failed, interrupted or lost, and how it resumes."""
+        from runtime.jobs.checkpoint import describe
+
+        return describe(run_dir)
+
     def submit(self, cfg: FactoryConfig, entrypoint: str = "factory run --config-env " + CONFIG_ENV) -> str:
         """Submit the resolved config as a Ray job; returns the job id."""
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

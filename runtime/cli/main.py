@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runtime.core.errors import FactoryError
+from runtime.core.errors import FactoryError, Interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args) or 0
+    except Interrupted as exc:
+        print(f"factory: {exc}", file=sys.stderr)
+        return 130
     except FactoryError as exc:
         print(f"factory: error: {exc}", file=sys.stderr)
         return 2
@@ -44,11 +47,14 @@ def parser() -> argparse.ArgumentParser:
     run = _command(sub, "run", cmd_run, "run an experiment here (embedded Ray cluster, or RAY_ADDRESS)")
     _recipe_args(run)
     run.add_argument("--config-env", metavar="VAR", help="read the resolved config from this environment variable")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue that run from its newest checkpoint "
+                     "(its config.yaml, with any overrides on top)")
     submit = _command(sub, "submit", cmd_submit, "submit an experiment to a Ray cluster as a job")
     _recipe_args(submit)
     _address(submit)
     submit.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
-    for name, fn, text in [("status", cmd_status, "a job's status"), ("logs", cmd_logs, "a job's logs"),
+    for name, fn, text in [("status", cmd_status, "a job's status, or a run directory's (running, finished, "
+                                                   "failed, interrupted, lost; resumable or not)"), ("logs", cmd_logs, "a job's logs"),
                            ("stop", cmd_stop, "stop a job")]:
         job = _command(sub, name, fn, text)
         job.add_argument("job_id", metavar="JOB")
@@ -116,6 +122,12 @@ def _load(args):
 def cmd_run(args) -> int:
     from runtime.cli.client import FactoryClient, config_from_env
 
+    if args.resume:
+        overrides = [o for o in [args.recipe, *args.overrides] if o]
+        if any("=" not in o for o in overrides):
+            raise FactoryError("--resume RUN_DIR takes no recipe: the run's own config.yaml is used (overrides may follow)")
+        FactoryClient.resume(args.resume, overrides)
+        return 0
     cfg = config_from_env(args.config_env) if args.config_env else _load(args)
     FactoryClient.run(cfg)
     return 0
@@ -137,9 +149,14 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from pathlib import Path
+
     from runtime.cli.client import FactoryClient
 
-    print(FactoryClient(args.address).status(args.job_id))
+    if Path(args.job_id).is_dir():
+        print(FactoryClient.run_status(args.job_id))
+    else:
+        print(FactoryClient(args.address).status(args.job_id))
     return 0
 
 

@@ -436,6 +436,10 @@ class TrainConfig(Section):
     """Seconds a post-training step (SFT, DPO, RL) may take on the shards."""
     save_timeout_s: float = Field(600.0, gt=0)
     """Seconds writing a checkpoint directory may take."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Write a checkpoint (RUN_DIR/checkpoints/) every this many steps of any stage, so
+    `factory run --resume RUN_DIR` can continue after the driver is lost; 0: only when the
+    driver is stopped by Ctrl-C or SIGTERM."""
 
 
 class TaskStreamConfig(Section):

@@ -56,3 +56,7 @@ class RunFailed(FactoryError):
 
 class SetupNotRun(FactoryError):
     """An actor was called before its setup() finished (a replacement still starting)."""
+
+
+class Interrupted(FactoryError):
+    """The driver was told to stop (Ctrl-C, SIGTERM); a checkpoint was written first."""

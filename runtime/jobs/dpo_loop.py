@@ -18,20 +18,22 @@ if TYPE_CHECKING:
     from runtime.jobs.parts import RunParts
 
 
-def run_dpo(parts: RunParts, cfg: FactoryConfig, version: int, record) -> tuple[list[dict[str, Any]], int]:
-    """`dpo.steps` DPO steps, then `version` to every server; (history, version)."""
+def run_dpo(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[dict[str, Any]], int]:
+    """`dpo.steps` DPO steps (from `progress.step` when resumed), then the next version to every
+    server; (history, version)."""
     from tqdm import tqdm
 
     pairs = [asdict(p) for p in read_preference_pairs(cfg.dpo.pairs)]
     if not pairs:
         raise FactoryError(f"dpo.pairs: {cfg.dpo.pairs} holds no preference pairs")
-    size, history = cfg.dpo.pairs_per_step, []
-    with tqdm(range(cfg.dpo.steps), desc="dpo") as bar:
+    size, history, version = cfg.dpo.pairs_per_step, progress.history, progress.version + 1
+    with tqdm(range(progress.step, cfg.dpo.steps), desc="dpo", initial=progress.step, total=cfg.dpo.steps) as bar:
         for step in bar:
             parts.drill("dpo", step)
             batch = [pairs[(step * size + i) % len(pairs)] for i in range(size)]
             history.append({"stage": "dpo", **parts.trainers.dpo_step(batch), "step": step + 1})
             record(history[-1])
+            parts.step_done("dpo", history)
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", margin=f"{history[-1]['margin']:.3f}")
     parts.trainers.publish(parts.broadcaster, version)
     return history, version

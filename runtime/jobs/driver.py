@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.core.config import FactoryConfig
+from runtime.core.errors import FactoryError, Interrupted
 from runtime.core.generation import GenerationRequest, GenerationResult, Workload
 
 if TYPE_CHECKING:
@@ -30,56 +31,110 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def run(cfg: FactoryConfig) -> RunResult:
+def run(cfg: FactoryConfig, resume: bool = False) -> RunResult:
+    """The main job; with `resume`, continue the run in `experiment.run_dir` from its newest checkpoint."""
     from runtime.core.cluster import connect
+    from runtime.jobs.checkpoint import Checkpoints, Progress, latest, set_status, stop_requests, trim_metrics
     from runtime.jobs.parts import start
-    from runtime.model.build import resolve_model
     from runtime.jobs.tracking import Tracker
+    from runtime.model.build import resolve_model
     from runtime.model.versions import link_base
 
     model_path = resolve_model(cfg.model, cfg.experiment.seed)
     run_dir = prepare_run_dir(cfg)
+    saved = latest(run_dir) if resume else None
+    if resume and saved is None:
+        raise FactoryError(f"{run_dir}: no complete checkpoint to resume from (set train.checkpoint_every, "
+                           "or stop a run with Ctrl-C, to have one)")
+    progress = saved.progress if saved else Progress()
+    if saved:
+        trim_metrics(run_dir, progress.metrics_lines)
+        say(f"resuming from {saved.path.name}: {progress.stage} step {progress.step}, version {progress.version}")
+    set_status(run_dir, "running")
     tracker = Tracker(run_dir, cfg.experiment.trackers, cfg.experiment.name)
+    checkpoints = Checkpoints(run_dir, cfg.train.checkpoint_every, progress, tracker, say)
     say(f"model: {model_path}")
     say(f"dashboard: {connect(cfg.cluster)}")
     link_base(run_dir, model_path)
-    parts = start(cfg, model_path, run_dir, say)
     try:
-        samples = sample(parts.pool, cfg)
-        started, history = time.perf_counter(), pretrain(cfg, parts, tracker)
-        versions = publish(parts, run_dir, version=1)
-        say(f"published version 1: {versions}")
-        samples += sample(parts.pool, cfg)
-        stages = [stage_row("pretrain", history, started, evaluate(parts, cfg, tracker, "pretrain"))]
-        stages += post_train(cfg, parts, run_dir, tracker)
-    finally:
-        parts.stop()
-        tracker.close()
-    write_jsonl(run_dir / "samples.jsonl", samples)
-    print_samples(samples)
-    return RunResult(run_dir, versions, samples, finish(cfg, run_dir, stages))
+        with stop_requests(checkpoints, say):
+            parts = start(cfg, model_path, run_dir, say, trainer_state=_put(saved.trainer_state()) if saved else None)
+            checkpoints.parts, parts.checkpoints = parts, checkpoints
+            try:
+                if saved:
+                    restore(parts, saved)
+                stages = run_stages(cfg, parts, run_dir, tracker, progress)
+            finally:
+                parts.stop()
+                tracker.close()
+    except BaseException as exc:
+        set_status(run_dir, "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed",
+                   error=str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
+        raise
+    write_jsonl(run_dir / "samples.jsonl", progress.samples)
+    print_samples(progress.samples)
+    result = RunResult(run_dir, {}, progress.samples, finish(cfg, run_dir, stages))
+    set_status(run_dir, "finished")
+    return result
 
 
-def post_train(cfg: FactoryConfig, parts: RunParts, run_dir: Path, tracker) -> list[dict]:
+def _put(value: Any) -> Any:
+    import ray
+
+    return ray.put(value)
+
+
+def restore(parts: RunParts, saved) -> None:
+    """Blenders back to the checkpoint's snapshots, the task cursor, and the servers to its version."""
+    from runtime.core.calls import wait
+
+    cfg, progress = parts.cfg, saved.progress
+    for name, state in ((parts.blender, saved.blenders["blender"]), (parts.tasks, saved.blenders["tasks"])):
+        wait(parts.handle(name).restore.remote(state), cfg.data.batch_timeout_s, f"{name}: restore")
+    parts.task_stream.step = progress.task_step
+    if progress.version:
+        parts.trainers.publish(parts.broadcaster, progress.version)
+
+
+def run_stages(cfg: FactoryConfig, parts: RunParts, run_dir: Path, tracker, progress) -> list[dict]:
+    """Pre-training (sample, train, publish v1, sample, evaluate), then SFT, DPO and RL; a resumed
+    run skips what its checkpoint says is done and continues the stage in progress."""
+    if progress.stage == "pretrain":
+        if progress.step == 0:
+            progress.samples = sample(parts.pool, cfg)
+        started, history = time.perf_counter(), pretrain(cfg, parts, tracker, progress)
+        say(f"published version 1: {publish(parts, run_dir, version=1)}")
+        progress.version = 1
+        progress.samples += sample(parts.pool, cfg)
+        progress.stages.append(stage_row("pretrain", history, started, evaluate(parts, cfg, tracker, "pretrain")))
+        progress.next_stage("sft")
+    post_train(cfg, parts, run_dir, tracker, progress)
+    return progress.stages
+
+
+def post_train(cfg: FactoryConfig, parts: RunParts, run_dir: Path, tracker, progress) -> None:
     """SFT, DPO and RL (each optional), each evaluated by pass@1 on held-out tasks. Each stage
     publishes versions after the last one published; the last is saved."""
     from runtime.jobs.dpo_loop import run_dpo
     from runtime.jobs.rl_loop import run_rl
     from runtime.jobs.sft_loop import run_sft
 
-    stages, version = [], 1
     for stage, steps, run_stage in (("sft", cfg.sft.steps, run_sft), ("dpo", cfg.dpo.steps, run_dpo),
                                     ("rl", cfg.rl.steps, run_rl)):
+        if STAGES.index(stage) < STAGES.index(progress.stage):
+            continue
+        if progress.stage != stage:
+            progress.next_stage(stage)
         if steps:
             started = time.perf_counter()
-            history, version = run_stage(parts, cfg, version + 1, tracker.log)
-            stages.append(stage_row(stage, history, started, evaluate(parts, cfg, tracker, stage)))
-    if version > 1:
-        parts.trainers.save(run_dir / "versions" / f"v{version}")
-    return stages
+            history, progress.version = run_stage(parts, cfg, progress, tracker.log)
+            progress.stages.append(stage_row(stage, history, started, evaluate(parts, cfg, tracker, stage)))
+    progress.next_stage("done")
+    if progress.version > 1:
+        parts.trainers.save(run_dir / "versions" / f"v{progress.version}")
 
 
-STAGES = ("pretrain", "sft", "dpo", "rl")
+STAGES = ("pretrain", "sft", "dpo", "rl", "done")
 
 
 def evaluate(parts: RunParts, cfg: FactoryConfig, tracker, stage: str) -> float:
@@ -117,17 +172,20 @@ def finish(cfg: FactoryConfig, run_dir: Path, stages: list[dict[str, Any]]) -> d
     return summary
 
 
-def pretrain(cfg: FactoryConfig, parts: RunParts, tracker) -> list[dict[str, Any]]:
-    """`train.total_steps` steps on the blended stream; metrics to the tracker, a progress bar to stderr."""
+def pretrain(cfg: FactoryConfig, parts: RunParts, tracker, progress) -> list[dict[str, Any]]:
+    """`train.total_steps` steps on the blended stream (from `progress.step` when resumed); metrics to
+    the tracker, a progress bar to stderr, a checkpoint when due."""
     from tqdm import tqdm
 
-    history = []
-    with tqdm(range(cfg.train.total_steps), desc="pre-train") as bar:
+    history = progress.history
+    with tqdm(range(progress.step, cfg.train.total_steps), desc="pre-train", initial=progress.step,
+              total=cfg.train.total_steps) as bar:
         for step in bar:
             parts.drill("pretrain", step)
             metrics = {"stage": "pretrain", **parts.trainers.train_step(parts.blender, step)}
             history.append(metrics)
             tracker.log(metrics)
+            parts.step_done("pretrain", history)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
     say(f"pre-training loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f} over {len(history)} steps")
     return history

@@ -42,11 +42,18 @@ class RunParts:
     task_stream: TaskStream | None = None
     """The driver's cursor over `tasks`."""
     faults: FaultInjector | None = None
+    checkpoints: Any = None
+    """runtime/jobs/checkpoint.py's Checkpoints, when the driver keeps them."""
 
     def drill(self, stage: str, step: int) -> None:
         """Arm the `faults:` drills of this step (none by default)."""
         if self.faults is not None:
             self.faults.at(stage, step)
+
+    def step_done(self, stage: str, history: list, **progress: Any) -> None:
+        """A step of `stage` finished and was recorded: a checkpoint when due (or when told to stop)."""
+        if self.checkpoints is not None:
+            self.checkpoints.step_done(stage, history, **progress)
 
     def handle(self, name: str) -> Any:
         return self.supervisor.handle(name)
@@ -60,7 +67,8 @@ class RunParts:
         self.supervisor.stop(self.cfg.cluster.shutdown_timeout_s)
 
 
-def start(cfg: FactoryConfig, model_path: Path, run_dir: Path, say=print) -> RunParts:
+def start(cfg: FactoryConfig, model_path: Path, run_dir: Path, say=print, trainer_state: Any = None) -> RunParts:
+    """Start every part; `trainer_state` (an object ref of a checkpoint's shard state) resumes the trainers."""
     from runtime.core.cluster import actor_name
 
     events = EventLog(run_dir, cfg.experiment.name, say=print)
@@ -68,14 +76,14 @@ def start(cfg: FactoryConfig, model_path: Path, run_dir: Path, say=print) -> Run
     parts = RunParts(cfg, Supervisor(cfg.supervision, events), events, actor_name(name, "blender", 0),
                      actor_name(name, "tasks", 0), actor_name(name, "broadcaster", 0))
     try:
-        _start(parts, model_path, run_dir, say)
+        _start(parts, model_path, run_dir, say, trainer_state)
     except BaseException:
         parts.stop()
         raise
     return parts
 
 
-def _start(parts: RunParts, model_path: Path, run_dir: Path, say) -> None:
+def _start(parts: RunParts, model_path: Path, run_dir: Path, say, trainer_state: Any) -> None:
     from actors.weight_broadcaster import latest_of
     from runtime.core.calls import setup_all
 
@@ -91,7 +99,7 @@ def _start(parts: RunParts, model_path: Path, run_dir: Path, say) -> None:
         from serve.playground import start as start_playground
 
         say(f"playground: {start_playground(cfg, run_dir)} (model `live` follows the run)")
-    parts.trainers = TrainerGroup(cfg, model_path, sup).start()
+    parts.trainers = TrainerGroup(cfg, model_path, sup).start(state=trainer_state)
     parts.sandbox = SandboxPool(cfg, sup).start()
     parts.task_stream = TaskStream(sup, parts.tasks, cfg)
     parts.faults = FaultInjector(cfg, lambda role, index: _resolve(parts, role, index), parts.events)

@@ -59,17 +59,19 @@ def algorithm_of(cfg: FactoryConfig) -> PolicyGradient:
     return policy_gradient(rl.algorithm, rl.clip_low, rl.clip_high, rl.kl_coef)
 
 
-def run_rl(parts: RunParts, cfg: FactoryConfig, first_version: int, record) -> tuple[list[dict[str, Any]], int]:
-    """`rl.steps` steps, each publishing version first_version + step; `record(metrics)` after each.
-    Returns the history and the last version published."""
+def run_rl(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[dict[str, Any]], int]:
+    """`rl.steps` steps (from `progress.step` when resumed), each publishing the next version;
+    `record(metrics)` after each. Returns the history and the last version published."""
     from tqdm import tqdm
 
     ray_metrics = RLMetrics(cfg.experiment.name)
     algorithm = algorithm_of(cfg)
-    loop = SyncRollouts(parts, cfg) if cfg.rl.mode == "sync" else AsyncRollouts(parts, cfg, ray_metrics)
-    history, version = [], first_version - 1
+    counts = progress.rl_counts if progress.step else {}
+    loop = SyncRollouts(parts, cfg, counts) if cfg.rl.mode == "sync" else AsyncRollouts(parts, cfg, ray_metrics, counts)
+    history, version = progress.history, progress.version
     try:
-        with tqdm(range(cfg.rl.steps), desc=f"rl ({cfg.rl.mode}, {algorithm.name})") as bar:
+        with tqdm(range(progress.step, cfg.rl.steps), desc=f"rl ({cfg.rl.mode}, {algorithm.name})",
+                  initial=progress.step, total=cfg.rl.steps) as bar:
             for step in bar:
                 parts.drill("rl", step)
                 groups, waited = loop.take(version)
@@ -77,6 +79,7 @@ def run_rl(parts: RunParts, cfg: FactoryConfig, first_version: int, record) -> t
                 version += 1
                 history.append({"stage": "rl", **metrics, "step": step + 1, **loop.counts(), "wait_s": waited})
                 record(history[-1])
+                parts.step_done("rl", history, version=version, **loop.position())
                 ray_metrics.step(history[-1])
                 bar.set_postfix(reward=f"{metrics['reward']:.2f}", stale=history[-1]["dropped_stale"])
     finally:
@@ -168,9 +171,9 @@ def pass_at_1(parts: RunParts, cfg: FactoryConfig) -> float:
 class SyncRollouts:
     """Generate the step's rollouts when the trainer asks for them: always the current version."""
 
-    def __init__(self, parts: RunParts, cfg: FactoryConfig):
+    def __init__(self, parts: RunParts, cfg: FactoryConfig, counts: dict[str, int]):
         self.parts, self.cfg = parts, cfg
-        self.used = 0
+        self.used = counts.get("groups_used", 0)
 
     def take(self, version: int) -> tuple[list[Group], float]:
         started = time.perf_counter()
@@ -181,6 +184,10 @@ class SyncRollouts:
     def counts(self) -> dict[str, int]:
         return {"groups_produced": self.used, "groups_used": self.used, "dropped_stale": 0, "dropped_unused": 0}
 
+    def position(self) -> dict[str, Any]:
+        """What a checkpoint records: the accounting, and the task cursor (every step taken was used)."""
+        return {"rl_counts": self.counts(), "task_step": self.parts.task_stream.step}
+
     def stop(self) -> None:
         pass
 
@@ -188,13 +195,18 @@ class SyncRollouts:
 class AsyncRollouts:
     """A producer thread fills a bounded queue of scored groups; `take` drops the stale ones."""
 
-    def __init__(self, parts: RunParts, cfg: FactoryConfig, metrics: RLMetrics):
+    def __init__(self, parts: RunParts, cfg: FactoryConfig, metrics: RLMetrics, counts: dict[str, int]):
+        """`counts` (a checkpoint's): the accounting to continue, and `skip`, the groups of the first
+        task step that were already consumed before it."""
         self.parts, self.cfg, self.metrics = parts, cfg, metrics
         self.queue: queue.Queue[Group] = queue.Queue(cfg.rl.queue_steps * cfg.rl.prompts_per_step)
         self.error: BaseException | None = None
-        self.dropped: collections.Counter[str] = collections.Counter()
+        self.dropped: collections.Counter[str] = collections.Counter(
+            {"stale": counts.get("dropped_stale", 0), "unused": counts.get("dropped_unused", 0)})
         self.dropped_lock = threading.Lock()  # the producer and stop() both count `unused`
-        self.used = self.produced = 0
+        self.used = counts.get("groups_used", 0)
+        self.produced = self.used + self.dropped["stale"]  # groups queued at the checkpoint are produced again
+        self.skip = counts.get("skip", 0)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._produce, name="rollout-producer", daemon=True)
         self.thread.start()
@@ -215,6 +227,13 @@ class AsyncRollouts:
     def counts(self) -> dict[str, int]:
         return {"groups_produced": self.produced, "groups_used": self.used, "dropped_stale": self.dropped["stale"],
                 "dropped_unused": self.dropped["unused"]}
+
+    def position(self) -> dict[str, Any]:
+        """What a checkpoint records: the accounting, and the task cursor of the first group not yet
+        taken (groups are taken in the order produced, `prompts_per_step` per task step)."""
+        consumed = self.used + self.dropped["stale"]
+        per_step = self.cfg.rl.prompts_per_step
+        return {"rl_counts": {**self.counts(), "skip": consumed % per_step}, "task_step": consumed // per_step}
 
     def stop(self) -> None:
         """Stop producing; groups made and never trained on are counted as `unused`."""
@@ -252,7 +271,8 @@ class AsyncRollouts:
     def _produce(self) -> None:
         try:
             while not self.stopping.is_set():
-                groups = collect(self.parts, self.cfg)
+                groups = collect(self.parts, self.cfg)[self.skip:]
+                self.skip = 0
                 self.produced += len(groups)
                 for group in groups:
                     self._put(group)

@@ -15,17 +15,19 @@ if TYPE_CHECKING:
     from runtime.jobs.parts import RunParts
 
 
-def run_sft(parts: RunParts, cfg: FactoryConfig, version: int, record) -> tuple[list[dict[str, Any]], int]:
-    """`sft.steps` steps on the task stream's next steps, then `version` to every server; (history, version)."""
+def run_sft(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[dict[str, Any]], int]:
+    """`sft.steps` steps on the task stream's next steps (from `progress.step` when resumed), then the
+    next version to every server; (history, version)."""
     from tqdm import tqdm
 
-    history = []
-    with tqdm(range(cfg.sft.steps), desc="sft") as bar:
+    history, version = progress.history, progress.version + 1
+    with tqdm(range(progress.step, cfg.sft.steps), desc="sft", initial=progress.step, total=cfg.sft.steps) as bar:
         for step in bar:
             parts.drill("sft", step)
             examples = [{"prompt": t.prompt, "completion": reference(t)} for t in parts.task_stream.next()]
             history.append({"stage": "sft", **parts.trainers.sft_step(examples), "step": step + 1})
             record(history[-1])
+            parts.step_done("sft", history)
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
     parts.trainers.publish(parts.broadcaster, version)
     return history, version

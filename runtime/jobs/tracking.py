@@ -16,12 +16,16 @@ from runtime.core.errors import FactoryError
 
 class Tracker:
     def __init__(self, run_dir: Path, trackers: list[str], experiment: str):
-        self.jsonl = open(run_dir / "metrics.jsonl", "a")
+        path = run_dir / "metrics.jsonl"
+        self.lines = len(path.read_text().splitlines()) if path.is_file() else 0
+        """Records in metrics.jsonl (what a checkpoint notes, so a resume drops the later ones)."""
+        self.jsonl = open(path, "a")
         self.sinks = [make_sink(kind, run_dir, experiment) for kind in trackers]
 
     def log(self, record: dict[str, Any]) -> None:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
+        self.lines += 1
         scalars = {f"{record['stage']}/{k}": float(v) for k, v in record.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
         for sink in self.sinks:

@@ -63,14 +63,15 @@ class TrainerGroup:
     def shards(self) -> list[Any]:
         return [self.supervisor.handle(name) for name in self.members]
 
-    def start(self, resume_from: str | None = None) -> TrainerGroup:
-        """Spawn the shards, rendezvous on a port rank 0 picks, load the model (or a saved state); start the spares."""
+    def start(self, resume_from: str | None = None, state: Any = None) -> TrainerGroup:
+        """Spawn the shards, rendezvous on a port rank 0 picks, load the model (or a saved model
+        directory, `resume_from`, or a checkpoint's whole shard state, `state`: an object ref); start the spares."""
         train = self.cfg.train
         for rank, name in enumerate(self.members):
             self.supervisor.spawn(self._role(rank, name))
         init = wait(self.shards[0].rendezvous.remote(), train.setup_timeout_s, f"{self.members[0]}: rendezvous")
         ready = setup_all(dict(zip(self.members, self.shards)), train.setup_timeout_s, "train.setup_timeout_s",
-                          init, resume_from)
+                          init, resume_from, state)
         self.step = ready[0]["step"]
         for _ in range(self.cfg.placement.trainer.spares):
             self._start_spare()

@@ -6,6 +6,7 @@ The tests share one set of actors and run in file order; versions continue from 
 import pytest
 
 from runtime.core.config import load_config
+from runtime.jobs.checkpoint import Progress
 from runtime.jobs.parts import start
 from runtime.jobs.rl_loop import run_rl
 from runtime.jobs.sft_loop import run_sft
@@ -29,7 +30,7 @@ def test_async_mode_bounds_staleness_and_counts_what_it_drops(actors):
     cfg, started = actors
     cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"mode": "async", "max_staleness": 0, "queue_steps": 2})})
     records = []
-    history, last = run_rl(started, cfg, first_version=1, record=records.append)
+    history, last = run_rl(started, cfg, Progress(version=0), record=records.append)
     assert last == 5
     assert [h["version"] for h in history] == [1, 2, 3, 4, 5]
     # max_staleness 0: every group trained on was sampled by the version being trained ...
@@ -46,7 +47,7 @@ def test_async_mode_bounds_staleness_and_counts_what_it_drops(actors):
 def test_async_with_room_for_staleness_trains_on_older_versions_it_allows(actors):
     cfg, started = actors
     cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"mode": "async", "max_staleness": 2, "queue_steps": 2})})
-    history, _ = run_rl(started, cfg, first_version=6, record=lambda _: None)
+    history, _ = run_rl(started, cfg, Progress(version=5), record=lambda _: None)
     assert all(0 <= h["staleness_max"] <= 2 for h in history)
     assert any(h["staleness_max"] > 0 for h in history), "the producer runs ahead: some groups are a version old"
 
@@ -54,7 +55,7 @@ def test_async_with_room_for_staleness_trains_on_older_versions_it_allows(actors
 def test_sft_lowers_the_loss_on_reference_solutions_and_publishes(actors):
     cfg, started = actors
     cfg = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"steps": 6, "lr": 3e-3})})
-    history, _ = run_sft(started, cfg, version=11, record=lambda _: None)
+    history, _ = run_sft(started, cfg, Progress(version=10), record=lambda _: None)
     assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"], [h["loss"] for h in history]
     assert set(started.pool.versions().values()) == {11}
 
@@ -116,7 +117,7 @@ def test_the_dpo_stage_widens_the_margin_of_chosen_over_rejected(actors, tmp_pat
                                          "rejected": procedural.answer(a + 1, b + 5)}) + "\n"
                              for a, b in [(1, 2), (2, 3), (3, 4), (4, 5)]))
     dpo = cfg.dpo.model_copy(update={"steps": 8, "pairs": str(pairs), "lr": 3e-3, "beta": 0.5})
-    history, version = run_dpo(started, cfg.model_copy(update={"dpo": dpo}), version=40, record=lambda _: None)
+    history, version = run_dpo(started, cfg.model_copy(update={"dpo": dpo}), Progress(version=39), record=lambda _: None)
     assert version == 40 and set(started.pool.versions().values()) == {40}
     assert [h["stage"] for h in history] == ["dpo"] * 8
     assert history[-1]["margin"] > history[0]["margin"] + 0.05 and history[-1]["accuracy"] == 1.0, history
