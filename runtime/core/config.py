@@ -106,6 +106,9 @@ class RolePlacement(Section):
     """GPUs each actor reserves (0 on CPU-only clusters)."""
     max_concurrency: int = Field(1, ge=1)
     """Calls one actor serves at once (Ray's max_concurrency; more than 1 runs them on threads)."""
+    resources: dict[str, float] = {}
+    """Ray custom resources each actor needs (`{zone_a: 1}`): which nodes may host the role, and a
+    replacement after a node is lost."""
 
 
 class InferencePlacement(RolePlacement):

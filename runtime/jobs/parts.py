@@ -160,4 +160,5 @@ def task_data(cfg: FactoryConfig) -> DataConfig:
 
 def resources(place) -> dict[str, Any]:
     """Ray actor options of a role's placement."""
-    return {"num_cpus": place.num_cpus, "num_gpus": place.num_gpus, "max_concurrency": place.max_concurrency}
+    return {"num_cpus": place.num_cpus, "num_gpus": place.num_gpus, "max_concurrency": place.max_concurrency,
+            **({"resources": dict(place.resources)} if place.resources else {})}

@@ -301,7 +301,8 @@ class InferencePool:
     def _spawn(self, slot: Slot) -> Any:
         place = self.cfg.placement.inference
         args = (self.cfg.inference, self.model_path, slot.name, slot.index, self.cfg.model.dtype)
-        options = {"num_cpus": place.num_cpus, "num_gpus": place.num_gpus, "max_concurrency": place.max_concurrency}
+        options = {"num_cpus": place.num_cpus, "num_gpus": place.num_gpus, "max_concurrency": place.max_concurrency,
+                   **({"resources": dict(place.resources)} if place.resources else {})}
         slot.handle = self.supervisor.spawn(Role("inference", slot.index, slot.name, InferenceServer, args, options))
         return slot.handle.setup.remote()
 

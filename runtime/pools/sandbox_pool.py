@@ -275,7 +275,8 @@ class SandboxPool:
 
     def _respawn(self, worker: Worker) -> None:
         actor = ray.remote(SandboxWorker).options(
-            name=worker.name, num_cpus=self.cfg.placement.sandbox.num_cpus, max_concurrency=self.sandbox.concurrency + 2
+            name=worker.name, num_cpus=self.cfg.placement.sandbox.num_cpus, max_concurrency=self.sandbox.concurrency + 2,
+            resources=dict(self.cfg.placement.sandbox.resources),
         )
         try:
             worker.handle = actor.remote(self.sandbox, worker.name, worker.index)

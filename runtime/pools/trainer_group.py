@@ -80,7 +80,8 @@ class TrainerGroup:
     def _role(self, rank: int, name: str) -> Role:
         place = self.cfg.placement.trainer
         return Role("trainer", rank, name, TrainerShard, (self.cfg.train, self.model_path, rank, self.size, name),
-                    {"num_cpus": place.num_cpus, "num_gpus": place.num_gpus})
+                    {"num_cpus": place.num_cpus, "num_gpus": place.num_gpus,
+                     **({"resources": dict(place.resources)} if place.resources else {})})
 
     def _start_spare(self) -> None:
         name = actor_name(self.cfg.experiment.name, "trainer-spare", self._spare_count)
