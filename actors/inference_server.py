@@ -62,6 +62,10 @@ class InferenceServer:
             scheduling_policy="priority",
             logprobs_mode=self.cfg.logprobs_mode,
             seed=0,
+            # whole prompts only: a prompt split across engine steps has its sampled token discarded,
+            # and vLLM then rewinds that request's seeded generator, which CPU generators cannot do
+            # ("CPU Generator does not use offset"), so seeded sampling needs it off on CPU
+            enable_chunked_prefill=self.cfg.chunked_prefill,
         )
         self._loop = EngineLoop(llm, self.name)
         self._loop.start()

@@ -201,6 +201,9 @@ class InferenceConfig(Section):
     """Inference engine behind every InferenceServer."""
     max_model_len: int = Field(512, ge=16)
     """Prompt plus completion tokens per sequence."""
+    chunked_prefill: bool = False
+    """vLLM's chunked prefill (a long prompt split across engine steps). Off: on CPU a split prompt
+    breaks seeded sampling (`rl.seeded`), and prompts here are short; turn on for long prompts on GPUs."""
     max_num_seqs: int = Field(256, ge=1)
     """Sequences an engine runs at once."""
     kv_cache_gb: float = Field(1.0, gt=0)
@@ -512,6 +515,9 @@ class RLConfig(Section):
     on 2 shared cores both phases are CPU-bound and it measured no faster (183 vs 200 samples/s)."""
     temperature: float = Field(1.0, gt=0)
     """Sampling temperature of rollouts and of the pass@1 evaluation."""
+    seeded: bool = True
+    """Give each rollout and evaluation request a sampling seed derived from (experiment.seed, task
+    step, task), so a run's samples do not depend on which server, or which batch, served them."""
     max_tokens: int = Field(16, ge=1)
     """Longest completion (the returned expression)."""
     lr: float = Field(2e-4, gt=0)

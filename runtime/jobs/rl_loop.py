@@ -18,6 +18,7 @@ import collections
 import queue
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -122,11 +123,14 @@ def collect(parts: RunParts, cfg: FactoryConfig, sampling: SamplingConfig | None
     The tasks go in `rl.rollout_chunks` chunks: the sandbox pool scores a chunk while the
     inference pool samples the next, so neither waits for the whole step."""
     tasks = parts.task_stream.next()
+    seeds = request_seeds(cfg, parts.task_stream.step - 1, len(tasks))
     size = -(-len(tasks) // cfg.rl.rollout_chunks)
     scoring = []
     with ThreadPoolExecutor(1, thread_name_prefix="scorer") as scorer:
-        for chunk in (tasks[i : i + size] for i in range(0, len(tasks), size)):
-            results = sample(parts.pool, chunk, cfg, cfg.rl.group_size, Workload.ROLLOUT, sampling)
+        for first in range(0, len(tasks), size):
+            chunk = tasks[first : first + size]
+            results = sample(parts.pool, chunk, cfg, cfg.rl.group_size, Workload.ROLLOUT, sampling,
+                             seeds[first : first + size])
             scoring.append((chunk, results, scorer.submit(score, parts.sandbox, chunk, results)))
         groups = []
         for chunk, results, scored in scoring:
@@ -136,10 +140,22 @@ def collect(parts: RunParts, cfg: FactoryConfig, sampling: SamplingConfig | None
 
 
 def sample(pool, tasks: list[Task], cfg: FactoryConfig, n: int, workload: Workload,
-           sampling: SamplingConfig | None = None) -> list[GenerationResult]:
-    """n completions per task; by default one line each (the returned expression), at rl.temperature."""
+           sampling: SamplingConfig | None = None, seeds: list[int | None] | None = None) -> list[GenerationResult]:
+    """n completions per task; by default one line each (the returned expression), at rl.temperature.
+    With `seeds`, task i's request samples with seeds[i] (vLLM gives its k-th sample seeds[i] + k)."""
     sampling = sampling or SamplingConfig(n=n, temperature=cfg.rl.temperature, max_tokens=cfg.rl.max_tokens, stop=["\n"])
-    return pool.generate([GenerationRequest(prompt=t.prompt, sampling=sampling, workload=workload) for t in tasks])
+    seeds = seeds or [sampling.seed] * len(tasks)
+    return pool.generate([GenerationRequest(prompt=t.prompt, sampling=sampling.model_copy(update={"seed": seed}),
+                                            workload=workload) for t, seed in zip(tasks, seeds)])
+
+
+def request_seeds(cfg: FactoryConfig, step: int, count: int) -> list[int | None]:
+    """Sampling seeds of one step's requests, from (experiment.seed, step, task); None when not `rl.seeded`.
+    Spaced 2^10 apart: vLLM seeds a request's samples seed, seed + 1, ..."""
+    if not cfg.rl.seeded:
+        return [None] * count
+    return [(zlib.crc32(f"{cfg.experiment.seed}/{step}".encode()) % 2**20 * 1024 + task * 1024) % 2**31
+            for task in range(count)]
 
 
 def score(sandbox, tasks: list[Task], results: list[GenerationResult]) -> tuple[torch.Tensor, list[list[str]]]:
@@ -164,7 +180,8 @@ def pass_at_1(parts: RunParts, cfg: FactoryConfig) -> float:
     """Mean success over `eval_samples` samples of each held-out task (a task family the
     training stream draws with another seed)."""
     tasks = procedural.tasks(cfg.experiment.seed, cfg.rl.eval_tasks, prefix="eval")
-    results = sample(parts.pool, tasks, cfg, cfg.rl.eval_samples, Workload.EVAL)
+    results = sample(parts.pool, tasks, cfg, cfg.rl.eval_samples, Workload.EVAL,
+                     seeds=request_seeds(cfg, -1, len(tasks)))
     return score(parts.sandbox, tasks, results)[0].mean().item()
 
 
