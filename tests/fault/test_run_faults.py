@@ -1,7 +1,9 @@
 """The main job through `factory run`, with one actor of every role SIGKILLed along the way (the
 `faults:` drill): the run finishes with exit 0, every loss is recorded and recovered in
-RUN_DIR/events.jsonl, and the RL counts add up (every group trained on or counted as dropped)."""
+RUN_DIR/events.jsonl, and the RL counts add up (every group trained on or counted as dropped).
+In sync mode (seeded sampling) the run ends with the very weights of the same run without faults."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -24,18 +26,35 @@ ASYNC_KILLS = ("[{role: inference, index: 1, stage: rl, step: 1, delay_s: 0.2},"
                " {role: broadcaster, stage: rl, step: 4}]")
 
 
-def run_with_faults(tiny_model, run_dir: Path, mode: str, kills: str) -> subprocess.CompletedProcess:
+def run_with_faults(tiny_model, run_dir: Path, mode: str, kills: str | None) -> subprocess.CompletedProcess:
     args = [str(BIN / "factory"), "run", "default", f"model.path={tiny_model}", f"experiment.run_dir={run_dir}",
-            f"experiment.name=test-faults-{mode}", "train.total_steps=12", "rl.steps=8", f"rl.mode={mode}",
-            "rl.eval_tasks=8", "rl.eval_samples=2", "supervision.health_timeout_s=3", f"faults.kills={kills}"]
+            f"experiment.name=test-faults-{mode}", "train.total_steps=60", "rl.steps=8", f"rl.mode={mode}",
+            "rl.eval_tasks=8", "rl.eval_samples=2", "supervision.health_timeout_s=3",
+            *([f"faults.kills={kills}"] if kills else [])]
     return subprocess.run(args, capture_output=True, text=True, timeout=900)
+
+
+def final_weights(run_dir: Path) -> str:
+    return hashlib.sha256((run_dir / "versions" / "v9" / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fault_free(tiny_model, tmp_path_factory):
+    """The same sync run without faults: what the faulty one must end with."""
+    run_dir = tmp_path_factory.mktemp("fault-free")
+    done = run_with_faults(tiny_model, run_dir, "sync", None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rewards = [json.loads(line)["reward"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line)["stage"] == "rl"]
+    assert any(rewards), "RL must learn something, or equal weights prove nothing"
+    return run_dir
 
 
 @pytest.mark.parametrize("mode,kills,roles", [
     ("sync", SYNC_KILLS, {"trainer": 2, "blender": 1, "inference": 1, "broadcaster": 1, "tasks": 1, "sandbox": 1}),
     ("async", ASYNC_KILLS, {"inference": 1, "trainer": 1, "broadcaster": 1}),
 ])
-def test_the_main_job_survives_a_kill_of_every_role(tiny_model, tmp_path, mode, kills, roles):
+def test_the_main_job_survives_a_kill_of_every_role(fault_free, tiny_model, tmp_path, mode, kills, roles):
     done = run_with_faults(tiny_model, tmp_path, mode, kills)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
@@ -51,5 +70,7 @@ def test_the_main_job_survives_a_kill_of_every_role(tiny_model, tmp_path, mode, 
     assert summary["rl_steps"] == 8
     assert rl["groups_produced"] == rl["groups_used"] + rl["dropped_stale"] + rl["dropped_unused"], rl
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if m["stage"] == "pretrain"] == list(range(1, 13))
+    assert [m["step"] for m in metrics if m["stage"] == "pretrain"] == list(range(1, 61))
     assert [m["version"] for m in metrics if m["stage"] == "rl"] == list(range(2, 10))
+    if mode == "sync":  # seeded sampling: the faults change nothing the run computes
+        assert final_weights(tmp_path) == final_weights(fault_free)
