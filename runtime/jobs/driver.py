@@ -4,7 +4,8 @@ The main job: build (or find) the model; start the run's parts (runtime/jobs/par
 sample from version 0; pre-train on the blended stream; publish version 1 (one
 object-store copy, every server reloads in place; saved under RUN_DIR/versions);
 pass@1 on held-out tasks; optional SFT, DPO and RL, each evaluated; then
-summary.json, plot.png and a table of the stages.
+summary.json, plot.png and a table of the stages. Every step may write a checkpoint
+(runtime/jobs/checkpoint.py); a resumed run skips what its checkpoint says is done.
 """
 
 from __future__ import annotations
@@ -26,31 +27,60 @@ if TYPE_CHECKING:
 @dataclass
 class RunResult:
     run_dir: Path
-    versions: dict[str, int]
+    version: int
+    """The newest weight version published."""
     samples: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
 def run(cfg: FactoryConfig, resume: bool = False) -> RunResult:
-    """The main job; with `resume`, continue the run in `experiment.run_dir` from its newest checkpoint."""
-    from runtime.core.cluster import connect
-    from runtime.jobs.checkpoint import Checkpoints, Progress, latest, set_status, stop_requests, trim_metrics
-    from runtime.jobs.parts import start
-    from runtime.jobs.tracking import Tracker
+    """The main job; with `resume`, continue the run in `experiment.run_dir` from its newest checkpoint.
+    RUN_DIR/status.json says running, then finished, failed or interrupted."""
+    from runtime.jobs.checkpoint import set_status
     from runtime.model.build import resolve_model
-    from runtime.model.versions import link_base
 
     model_path = resolve_model(cfg.model, cfg.experiment.seed)
     run_dir = prepare_run_dir(cfg)
-    saved = latest(run_dir) if resume else None
-    if resume and saved is None:
+    saved, progress = resume_point(run_dir, resume)
+    set_status(run_dir, "running")
+    try:
+        stages = run_parts(cfg, model_path, run_dir, saved, progress)
+    except BaseException as exc:
+        set_status(run_dir, "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed",
+                   error=str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
+        raise
+    write_jsonl(run_dir / "samples.jsonl", progress.samples)
+    print_samples(progress.samples)
+    result = RunResult(run_dir, progress.version, progress.samples, finish(cfg, run_dir, stages))
+    set_status(run_dir, "finished")
+    return result
+
+
+def resume_point(run_dir: Path, resume: bool):
+    """(the newest checkpoint, its progress) when resuming, else (None, a fresh Progress); metrics.jsonl
+    is cut back to the checkpoint."""
+    from runtime.jobs.checkpoint import Progress, latest, trim_metrics
+
+    if not resume:
+        return None, Progress()
+    saved = latest(run_dir)
+    if saved is None:
         raise FactoryError(f"{run_dir}: no complete checkpoint to resume from (set train.checkpoint_every, "
                            "or stop a run with Ctrl-C, to have one)")
-    progress = saved.progress if saved else Progress()
-    if saved:
-        trim_metrics(run_dir, progress.metrics_lines)
-        say(f"resuming from {saved.path.name}: {progress.stage} step {progress.step}, version {progress.version}")
-    set_status(run_dir, "running")
+    trim_metrics(run_dir, saved.progress.metrics_lines)
+    say(f"resuming from {saved.path.name}: {saved.progress.stage} step {saved.progress.step}, "
+        f"version {saved.progress.version}")
+    return saved, saved.progress
+
+
+def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progress) -> list[dict]:
+    """Start the parts (restored from `saved` when resuming), run the stages, stop the parts."""
+    from runtime.core.cluster import connect
+    from runtime.jobs.checkpoint import Checkpoints, stop_requests
+    from runtime.jobs.parts import start
+    from runtime.jobs.tracking import Tracker
+    from runtime.model.versions import link_base
+
     tracker = Tracker(run_dir, cfg.experiment.trackers, cfg.experiment.name)
     checkpoints = Checkpoints(run_dir, cfg.train.checkpoint_every, progress, tracker, say)
     say(f"model: {model_path}")
@@ -63,19 +93,11 @@ def run(cfg: FactoryConfig, resume: bool = False) -> RunResult:
             try:
                 if saved:
                     restore(parts, saved)
-                stages = run_stages(cfg, parts, run_dir, tracker, progress)
+                return run_stages(cfg, parts, run_dir, tracker, progress)
             finally:
                 parts.stop()
-                tracker.close()
-    except BaseException as exc:
-        set_status(run_dir, "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed",
-                   error=str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
-        raise
-    write_jsonl(run_dir / "samples.jsonl", progress.samples)
-    print_samples(progress.samples)
-    result = RunResult(run_dir, {}, progress.samples, finish(cfg, run_dir, stages))
-    set_status(run_dir, "finished")
-    return result
+    finally:
+        tracker.close()
 
 
 def _put(value: Any) -> Any:
