@@ -1,5 +1,6 @@
 """The main job through `factory run`, with one actor of every role SIGKILLed along the way (the
-`faults:` drill): the run finishes with exit 0, every loss is recorded and recovered in
+`faults:` drill; in sync mode every role twice: idle during pre-training, and busy in RL): the run
+finishes with exit 0, every loss is recorded and recovered in
 RUN_DIR/events.jsonl, and the RL counts add up (every group trained on or counted as dropped).
 In sync mode (seeded sampling) the run ends with the very weights of the same run without faults."""
 
@@ -16,6 +17,10 @@ BIN = Path(sys.executable).parent
 
 SYNC_KILLS = ("[{role: trainer, index: 1, stage: pretrain, step: 4, delay_s: 0.05},"
               " {role: blender, stage: pretrain, step: 7},"
+              " {role: inference, index: 1, stage: pretrain, step: 10},"
+              " {role: sandbox, index: 1, stage: pretrain, step: 20},"
+              " {role: tasks, stage: pretrain, step: 30},"
+              " {role: broadcaster, stage: pretrain, step: 40},"
               " {role: inference, index: 0, stage: rl, step: 1, delay_s: 0.3},"
               " {role: broadcaster, stage: rl, step: 2, delay_s: 0.2},"
               " {role: tasks, stage: rl, step: 3},"
@@ -51,7 +56,7 @@ def fault_free(tiny_model, tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode,kills,roles", [
-    ("sync", SYNC_KILLS, {"trainer": 2, "blender": 1, "inference": 1, "broadcaster": 1, "tasks": 1, "sandbox": 1}),
+    ("sync", SYNC_KILLS, {"trainer": 2, "blender": 1, "inference": 2, "broadcaster": 2, "tasks": 2, "sandbox": 2}),
     ("async", ASYNC_KILLS, {"inference": 1, "trainer": 1, "broadcaster": 1}),
 ])
 def test_the_main_job_survives_a_kill_of_every_role(fault_free, tiny_model, tmp_path, mode, kills, roles):
