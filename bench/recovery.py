@@ -118,7 +118,7 @@ def ray_train(model: Path, root: Path, kills: int) -> dict:
     seconds: list[float] = []
     killer = threading.Thread(target=kill_workers, args=(log, kills, seconds), daemon=True)
     killer.start()
-    trainer = TorchTrainer(train_loop, train_loop_config={"model": str(model), "steps": 3 + 3 * kills, "log": str(log)},
+    trainer = TorchTrainer(train_loop, train_loop_config={"model": str(model), "steps": 2 + 3 * kills, "log": str(log)},
                            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                            run_config=RunConfig(storage_path=str(root / "ray-train"), name="recovery",
                                                 failure_config=FailureConfig(max_failures=kills + 2)))
@@ -128,11 +128,11 @@ def ray_train(model: Path, root: Path, kills: int) -> dict:
 
 
 def kill_workers(log: Path, kills: int, seconds: list[float]) -> None:
-    """After rank 1 logs its 3rd step since the last restart, SIGKILL it; time to the first step that
+    """After rank 1 logs its 2nd step since the last restart, SIGKILL it; time to the first step that
     rank 0 of the restarted group (a new process) completes."""
     seen = 0
     for _ in range(kills):
-        rows = wait_rows(log, lambda rows: sum(r["rank"] == 1 for r in rows[seen:]) >= 3)
+        rows = wait_rows(log, lambda rows: sum(r["rank"] == 1 for r in rows[seen:]) >= 2)
         victim = [r for r in rows if r["rank"] == 1][-1]["pid"]
         old = {r["pid"] for r in rows if r["rank"] == 0}
         killed = time.time()
