@@ -175,19 +175,19 @@ class DataBlender:
         with self._cv:
             self._produced.clear()
             self._snapshots.clear()
-            self.blend.restore(state)
-            self._pending = []
+            self._restore(state, pending=[])
             self._served = state["step"] - 1
-            self._ended, self._error = False, None
-            self._cv.notify_all()
 
     def _restore_at(self, step: int) -> None:
         """Go back to the kept snapshot of `step`; changes logged after it wait to be applied at their steps."""
         state = self._snapshots[step]
-        self.blend.restore(state)
-        self._pending = self.store.changes()[len(state["log"]):]
         for s in [s for s in self._produced if s >= step]:
             self._produced.pop(s)
+        self._restore(state, pending=self.store.changes()[len(state["log"]):])
+
+    def _restore(self, state: dict[str, Any], pending: list[dict[str, Any]]) -> None:
+        self.blend.restore(state)
+        self._pending = pending
         self._ended, self._error = False, None
         self._cv.notify_all()
 

@@ -182,11 +182,6 @@ class TrainerShard:
             metrics["losses_unrecorded"] = len(losses)
         return metrics
 
-    def train_on(self, blender, step: int) -> dict[str, Any]:
-        """fetch, then train_fetched: one shard's whole step (the group calls the two phases apart)."""
-        self.fetch(blender, step)
-        return self.train_fetched(blender, step)
-
     def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 

@@ -17,6 +17,7 @@ serve/weight_service.py's `expose`), so this actor never knows the outside face.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from runtime.core.errors import PeerLost, SetupNotRun
 from runtime.core.config import WeightsConfig, WeightsGrpcConfig
 from runtime.model.weights import VersionStore
 
+log = logging.getLogger(__name__)
 Expose = Callable[[VersionStore, WeightsGrpcConfig], tuple[Any, int]]
 """Starts a server over the store's versions; returns (server with stop(grace), port)."""
 
@@ -70,8 +72,8 @@ class WeightBroadcaster:
         for name, call in calls.items():
             try:
                 loaded[name] = wait(call, timeout, f"{self.name}: {name} loads version {version}")
-            except (PeerLost, SetupNotRun):  # lost, or its replacement is still starting: it catches up itself
-                continue
+            except (PeerLost, SetupNotRun) as exc:  # lost, or a replacement still starting: it catches up itself
+                log.warning("%s: %s left out of version %s (%s)", self.name, name, version, exc)
         self.metrics.published(version, time.perf_counter() - started)
         return loaded
 

@@ -14,7 +14,7 @@ from runtime.core.errors import CallTimeout, PeerLost, SetupTimeout
 
 
 def wait(refs: Any, timeout_s: float, what: str) -> Any:
-    """ray.get(refs) within `timeout_s`; `what` names the call in the error ("trainer 1: train_on")."""
+    """ray.get(refs) within `timeout_s`; `what` names the call in the error ("trainer 1: rendezvous")."""
     import ray
 
     try:

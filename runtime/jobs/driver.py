@@ -75,6 +75,8 @@ def resume_point(run_dir: Path, resume: bool):
 
 def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progress) -> list[dict]:
     """Start the parts (restored from `saved` when resuming), run the stages, stop the parts."""
+    import ray
+
     from runtime.core.cluster import connect
     from runtime.jobs.checkpoint import Checkpoints, stop_requests
     from runtime.jobs.parts import start
@@ -88,7 +90,7 @@ def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progre
     link_base(run_dir, model_path)
     try:
         with stop_requests(checkpoints, say):
-            parts = start(cfg, model_path, run_dir, say, trainer_state=_put(saved.trainer_state()) if saved else None)
+            parts = start(cfg, model_path, run_dir, say, trainer_state=ray.put(saved.trainer_state()) if saved else None)
             checkpoints.parts, parts.checkpoints = parts, checkpoints
             try:
                 if saved:
@@ -98,12 +100,6 @@ def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progre
                 parts.stop()
     finally:
         tracker.close()
-
-
-def _put(value: Any) -> Any:
-    import ray
-
-    return ray.put(value)
 
 
 def restore(parts: RunParts, saved) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from runtime.core.config import DataConfig, FactoryConfig
 from runtime.jobs.task_stream import TaskStream
-from runtime.pools.inference_pool import InferencePool
+from runtime.pools.inference_pool import InferencePool, server_names
 from runtime.pools.sandbox_pool import SandboxPool
 from runtime.pools.trainer_group import TrainerGroup
 from runtime.supervision.events import EventLog
@@ -129,15 +129,9 @@ def _roles(parts: RunParts, model_path: Path) -> list:
                      resources(getattr(place, role)), restore)
                 for role, name, data in (("blender", parts.blender, cfg.data), ("tasks", parts.tasks, task_data(cfg)))]
     broadcaster = Role("broadcaster", 0, parts.broadcaster, WeightBroadcaster,
-                       (cfg.weights, _server_names(cfg), parts.broadcaster, expose if cfg.weights.grpc.enabled else None),
+                       (cfg.weights, server_names(cfg), parts.broadcaster, expose if cfg.weights.grpc.enabled else None),
                        {}, republish)
     return [*blenders, broadcaster]
-
-
-def _server_names(cfg: FactoryConfig) -> list[str]:
-    from runtime.pools.inference_pool import server_names
-
-    return server_names(cfg)
 
 
 def _resolve(parts: RunParts, role: str, index: int) -> Any:

@@ -263,10 +263,11 @@ class SandboxPool:
         worker.probe = None
         self.counts["replaced"] += 1
         self.metrics.replaced()
-        decision = self.supervisor.policy.decide("sandbox", worker.name, why)
         if worker.state == "draining":
             worker.state = "retired"
-        elif decision.action == "fail":
+            return
+        decision = self.supervisor.policy.decide("sandbox", worker.name, why)
+        if decision.action == "fail":
             self.supervisor.events.record("failed", "sandbox", decision.reason, actor=worker.name)
             worker.state = "failed"
         else:

@@ -57,7 +57,6 @@ class TrainerGroup:
         """The newest version published (what a replacement broadcaster republishes)."""
         self.recoveries: list[dict[str, Any]] = []
         self._hung: set[str] = set()
-        self._failed_at: float | None = None
 
     @property
     def shards(self) -> list[Any]:
@@ -133,8 +132,7 @@ class TrainerGroup:
             try:
                 result = attempt()
             except RECOVERABLE as exc:
-                self._failed_at = time.perf_counter()
-                donor = self._recover(exc, what, others)
+                donor = self._recover(exc, what, others, failed_at=time.perf_counter())
                 if step and donor is not None and donor[0] > before:
                     self.step = donor[0]
                     return {**wait(donor[1].last_metrics.remote(), self.cfg.supervision.health_timeout_s, what),
@@ -164,7 +162,7 @@ class TrainerGroup:
 
     # ---- recovery ------------------------------------------------------------
 
-    def _recover(self, error: BaseException, what: str, others: list[str]) -> tuple[int, Any] | None:
+    def _recover(self, error: BaseException, what: str, others: list[str], failed_at: float) -> tuple[int, Any] | None:
         """Replace lost shards and re-form the group (returns the donor's (step, handle)), or replace
         a lost data source (returns None); re-raise `error` when nothing was lost."""
         statuses = {name: "hung" if name in self._hung else status
@@ -176,7 +174,7 @@ class TrainerGroup:
                 return None
             raise error
         started = time.perf_counter()
-        phases = {"probe": started - self._failed_at} if self._failed_at else {}
+        phases = {"probe": started - failed_at}
         shards = self.shards
         survivors = [rank for rank in range(self.size) if rank not in lost]
         if not survivors:
@@ -201,7 +199,7 @@ class TrainerGroup:
         """Put a warm spare, or else a fresh actor under the rank's own name, at `rank`; True when it
         is fresh (it needs setup)."""
         self.supervisor.retire(self.members[rank], fault, what)
-        ready = [name for name, ref in self.spares.items() if not ray.wait([ref], timeout=0)[1]]
+        ready = self._warm_spares()
         if ready:
             self.spares.pop(ready[0])
             self.members[rank] = ready[0]
@@ -210,6 +208,21 @@ class TrainerGroup:
         self.members[rank] = actor_name(self.cfg.experiment.name, "trainer", rank)
         self.supervisor.spawn(self._role(rank, self.members[rank]))
         return True
+
+    def _warm_spares(self) -> list[str]:
+        """Spares whose warm() has finished; one whose warm() failed is dropped, loudly."""
+        done = [name for name, ref in self.spares.items() if not ray.wait([ref], timeout=0)[1]]
+        warm = []
+        for name in done:
+            try:
+                wait(self.spares[name], self.cfg.supervision.health_timeout_s, f"{name}: warm")
+                warm.append(name)
+            except (ray.exceptions.RayTaskError, PeerLost, CallTimeout) as exc:
+                self.supervisor.events.record("failed", "trainer", f"spare {name} did not warm up ({exc}); dropped",
+                                              actor=name)
+                self.spares.pop(name)
+                self.supervisor.drop(name)
+        return warm
 
     def _regroup(self, donor: Any, donor_step: int, steps: dict[int, int], fresh: dict[int, bool]) -> None:
         """Every shard joins a new group; those behind the donor (and the newcomers) take its state."""
