@@ -10,6 +10,14 @@ with the packed-sequence loss (attention and positions stop at piece
 boundaries; SDPA attention, which honours the block mask), and reports the loss
 of every sample back to the blender, so `factory trace` can list the
 highest-loss documents of a step.
+
+A step's data is cut into `parts`, one per configured replica, whatever the
+number of processes: a shard trains on its parts one after another, their
+gradients accumulated locally and synced once. While the group runs smaller
+(a lost shard not yet replaced), a survivor holds two parts and the maths of
+the step does not change: each part's loss is scaled by processes / parts, so
+the all-reduced gradient is still the mean over parts (exactly, bit for bit,
+when the scale is a power of two: 2 parts on 1 process).
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ class TrainerShard:
         self.model_path = model_path
         self.rank = rank
         self.world_size = world_size
+        """Processes in the group now."""
+        self.data_parts = world_size
+        """Parts a step's data is cut into: the configured replicas, fixed for the run."""
+        self.parts = [rank]
+        """The parts this shard trains on (two or more while the group runs smaller)."""
         self.name = name
         self.step = 0
 
@@ -74,18 +87,20 @@ class TrainerShard:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         return {"name": self.name, "warm": True}
 
-    def regroup(self, init_method: str, rank: int, world_size: int, state: dict | None = None) -> dict[str, Any]:
-        """Leave the broken group and join a re-formed one as `rank`; with `state` (a peer's `state()`),
-        take the peer's parameters, optimizers, step and RNG first."""
+    def regroup(self, init_method: str, rank: int, world_size: int, state: dict | None = None,
+                parts: list[int] | None = None) -> dict[str, Any]:
+        """Leave the broken group and join a re-formed one as `rank` of `world_size`, training on
+        `parts` of each step; with `state` (a peer's `state()`), take the peer's parameters,
+        optimizers, step and RNG first."""
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.parts = rank, world_size, list(parts if parts is not None else [rank])
         if state:
             self.load_state(state)
         self._join(init_method)
-        return {"name": self.name, "rank": self.rank, "step": self.step}
+        return {"name": self.name, "rank": self.rank, "step": self.step, "parts": self.parts}
 
     def _join(self, init_method: str) -> None:
         import datetime
@@ -105,7 +120,7 @@ class TrainerShard:
         """Answers from its own thread, whatever a step is doing."""
         import os
 
-        return {"name": self.name, "rank": self.rank, "step": self.step, "pid": os.getpid()}
+        return {"name": self.name, "rank": self.rank, "step": self.step, "parts": self.parts, "pid": os.getpid()}
 
     def last_metrics(self) -> dict[str, Any] | None:
         """The metrics of the last step this shard committed (a step whose caller saw a fault)."""
@@ -156,77 +171,99 @@ class TrainerShard:
             self.dpo_reference.load_state_dict(state["dpo"]["reference"])
 
     def fetch(self, blender, step: int) -> int:
-        """Pull this shard's part of `step` from the blender (before any shard enters the step's
+        """Pull this shard's parts of `step` from the blender (before any shard enters the step's
         collectives, so a lost blender fails the fetch, not a half-done step); returns its samples."""
         from runtime.core.calls import wait
 
-        batch = wait(blender.batch.remote(step, self.rank, self.world_size), self.train.batch_timeout_s,
-                     f"blender: batch {step}")
-        self._fetched = (step, batch)
-        return len(batch["sample_index"])
+        batches = [wait(blender.batch.remote(step, part, self.data_parts), self.train.batch_timeout_s,
+                        f"blender: batch {step}") for part in self.parts]
+        self._fetched = (step, batches)
+        return sum(len(batch["sample_index"]) for batch in batches)
 
     def train_fetched(self, blender, step: int) -> dict[str, Any]:
-        """Train on the part of `step` fetched last; report per-sample losses to the blender (their
+        """Train on the parts of `step` fetched last; report per-sample losses to the blender (their
         loss is counted, not fatal: they are provenance, not training)."""
         from runtime.core.calls import wait
         from runtime.core.errors import CallTimeout, PeerLost
 
-        fetched_step, batch = self._fetched
+        fetched_step, batches = self._fetched
         if fetched_step != step:
             raise RuntimeError(f"{self.name}: asked to train on step {step}, holds step {fetched_step}")
-        metrics = self.train_step(batch)
-        losses = dict(zip(batch["sample_index"], metrics.pop("sample_losses")))
+        metrics = self.train_step(batches)
+        losses = dict(zip([i for batch in batches for i in batch["sample_index"]], metrics.pop("sample_losses")))
         try:
             wait(blender.record_losses.remote(step, losses), self.train.batch_timeout_s, f"blender: losses of step {step}")
         except (CallTimeout, PeerLost):
             metrics["losses_unrecorded"] = len(losses)
         return metrics
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def train_step(self, batches: list[dict[str, Any]]) -> dict[str, Any]:
+        """One pre-training step on this shard's parts (one packed batch each)."""
         import torch
 
         from rl.sft import segment_attention_mask, segment_positions, sft_loss
 
+        def loss_of(batch):
+            ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
+            segments = torch.as_tensor(batch["segment_ids"], dtype=torch.long)
+            with self._autocast():
+                logits = self.ddp(ids, attention_mask=segment_attention_mask(segments),
+                                  position_ids=segment_positions(segments)).logits
+            loss, per_row = sft_loss(logits, ids, segments)
+            return loss, (per_row.tolist(), int((segments > 0).sum()))
+
         started = time.perf_counter()
-        ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
-        segments = torch.as_tensor(batch["segment_ids"], dtype=torch.long)
-        with self._autocast():
-            logits = self.ddp(ids, attention_mask=segment_attention_mask(segments),
-                              position_ids=segment_positions(segments)).logits
-        loss, per_row = sft_loss(logits, ids, segments)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses, extras = self._backward(batches, loss_of)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        tokens = int((segments > 0).sum())
-        metrics = {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
+        tokens = sum(t for _, t in extras)
+        metrics = {"step": self.step, "loss": _mean(losses), "parts": len(batches), "grad_norm": float(grad_norm),
                    "lr": self.scheduler.get_last_lr()[0], "tokens": tokens,
                    "tokens_per_s": tokens / (time.perf_counter() - started)}
         self._commit(metrics)
-        return {**metrics, "sample_losses": per_row.tolist()}
+        return {**metrics, "sample_losses": [x for rows, _ in extras for x in rows]}
 
-    def sft_step(self, examples: list[dict[str, str]], sft: SFTConfig) -> dict[str, Any]:
-        """One supervised step on {prompt, completion} texts: mean NLL of the completion tokens only.
-        Its own AdamW at `sft.lr` (made on the first call)."""
+    def _backward(self, parts: list, loss_of) -> tuple[list[float], list[Any]]:
+        """loss_of(part) -> (loss, extra) for each part, backward one by one: gradients accumulate
+        locally (DDP's no_sync) and are all-reduced with the last part's. Each loss is scaled by
+        processes / parts, so the group's gradient is the mean over parts however they are spread."""
+        from contextlib import nullcontext
+
+        scale = self.world_size / self.data_parts
+        losses, extras = [], []
+        for i, part in enumerate(parts):
+            with self.ddp.no_sync() if i + 1 < len(parts) else nullcontext():
+                loss, extra = loss_of(part)
+                (loss if scale == 1 else loss * scale).backward()
+            losses.append(loss.item())
+            extras.append(extra)
+        return losses, extras
+
+    def sft_step(self, parts: list[list[dict[str, str]]], sft: SFTConfig) -> dict[str, Any]:
+        """One supervised step on this shard's parts of {prompt, completion} texts: mean NLL of the
+        completion tokens only. Its own AdamW at `sft.lr` (made on the first call)."""
         import torch
+
+        def loss_of(examples):
+            rows = [self._tokens(e["prompt"], e["completion"]) for e in examples]
+            ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
+            mask = completion[:, 1:].float()
+            with self._autocast():
+                loss = -(token_logprobs(self.ddp, ids, attention) * mask).sum() / mask.sum().clamp(min=1)
+            return loss, int(mask.sum())
 
         self._sft_optimizer(sft)
         started = time.perf_counter()
-        rows = [self._tokens(e["prompt"], e["completion"]) for e in examples]
-        ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
-        mask = completion[:, 1:].float()
-        with self._autocast():
-            loss = -(token_logprobs(self.ddp, ids, attention) * mask).sum() / mask.sum().clamp(min=1)
         self.sft_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses, tokens = self._backward(parts, loss_of)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
         self.sft_optimizer.step()
         self.step += 1
-        tokens = int(mask.sum())
-        metrics = {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm), "tokens": tokens,
-                   "tokens_per_s": tokens / (time.perf_counter() - started)}
+        metrics = {"step": self.step, "loss": _mean(losses), "parts": len(parts), "grad_norm": float(grad_norm),
+                   "tokens": sum(tokens), "tokens_per_s": sum(tokens) / (time.perf_counter() - started)}
         self._commit(metrics)
         return metrics
 
@@ -238,47 +275,60 @@ class TrainerShard:
             self.sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=sft.lr, weight_decay=0.0)
         return self.sft_optimizer
 
-    def rl_step(self, experience: list[dict[str, Any]], algorithm, rl: RLConfig) -> dict[str, Any]:
-        """One policy-gradient step on this shard's rollouts: {prompt_ids, completion_ids, logprobs
-        (vLLM's), advantage}, with `algorithm.loss` (rl/algorithms/).
+    def rl_step(self, parts: list[list[dict[str, Any]]], algorithm, rl: RLConfig) -> dict[str, Any]:
+        """One policy-gradient step on this shard's parts of the rollouts: {prompt_ids,
+        completion_ids, logprobs (vLLM's), advantage}, with `algorithm.loss` (rl/algorithms/).
 
-        The rollouts split into `rl.updates_per_step` minibatches, one AdamW update each; every
-        ratio is taken against this step's starting policy (`old`), which the clip bounds. The
-        truncated importance weight corrects for the sampler (vLLM's kernels, and in async mode
-        an older version) differing from `old`."""
+        Each part's rollouts split into `rl.updates_per_step` minibatches, one AdamW update each
+        (over the same minibatch of every part); every ratio is taken against this step's starting
+        policy (`old`), which the clip bounds. The truncated importance weight corrects for the
+        sampler (vLLM's kernels, and in async mode an older version) differing from `old`."""
         import torch
-
-        from rl.algorithms.off_policy import truncated_importance_weights
 
         started = time.perf_counter()
         optimizer, schedule, reference = self._rl_state(rl, algorithm.kl_coef)
-        ids, attention, completion, sampler, advantages = pad_experience(experience, self.model.config.pad_token_id or 0)
-        mask = completion[:, 1:]
-        chunks = torch.arange(len(ids)).chunk(rl.updates_per_step)
-        old, ref = self._old_and_reference(ids, attention, chunks, reference)
-        weights = torch.zeros_like(sampler[:, 1:])
+        rollouts = [self._rollouts(rows, rl.updates_per_step, reference) for rows in parts]
         losses, norms = [], []
-        for first, rows in zip([True] + [False] * len(chunks), chunks):
-            with self._autocast():
-                logp = token_logprobs(self.ddp, ids[rows], attention[rows])
-            if first:  # nothing has changed yet: this forward is the starting policy's
-                old[rows] = logp.detach()
-            weights[rows] = truncated_importance_weights(old[rows], sampler[rows, 1:], cap=rl.tis_cap, mask=mask[rows])
-            loss = algorithm.loss(logp, old[rows], advantages[rows], mask[rows],
-                                  logp_ref=None if ref is None else ref[rows], weights=weights[rows])
+        for update in range(rl.updates_per_step):
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses += self._backward(rollouts, lambda r: (self._rl_loss(r, update, algorithm, rl), None))[0]
             norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)))
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
         self.step += 1
-        used, tokens = weights[mask.bool()], int(mask.sum())
-        metrics = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": max(norms),
+        used = torch.cat([r["weights"][r["mask"].bool()] for r in rollouts])
+        tokens = sum(int(r["mask"].sum()) for r in rollouts)
+        metrics = {"step": self.step, "loss": _mean(losses), "parts": len(parts), "grad_norm": max(norms),
                    "tis_weight": float(used.mean()) if used.numel() else 1.0, "lr": schedule.get_last_lr()[0],
                    "tokens": tokens, "tokens_per_s": tokens / (time.perf_counter() - started)}
         self._commit(metrics)
         return metrics
+
+    def _rollouts(self, experience: list[dict[str, Any]], updates: int, reference) -> dict[str, Any]:
+        """One part's rollouts as tensors, its minibatches, and the starting policy's (and the
+        reference's) logprobs."""
+        import torch
+
+        ids, attention, completion, sampler, advantages = pad_experience(experience, self.model.config.pad_token_id or 0)
+        chunks = torch.arange(len(ids)).chunk(updates)
+        old, ref = self._old_and_reference(ids, attention, chunks, reference)
+        return {"ids": ids, "attention": attention, "mask": completion[:, 1:], "sampler": sampler[:, 1:],
+                "advantages": advantages, "chunks": chunks, "old": old, "ref": ref,
+                "weights": torch.zeros_like(sampler[:, 1:])}
+
+    def _rl_loss(self, r: dict[str, Any], update: int, algorithm, rl: RLConfig):
+        """The loss of minibatch `update` of one part's rollouts `r`."""
+        from rl.algorithms.off_policy import truncated_importance_weights
+
+        rows = r["chunks"][update]
+        with self._autocast():
+            logp = token_logprobs(self.ddp, r["ids"][rows], r["attention"][rows])
+        if update == 0:  # nothing has changed yet: this forward is the starting policy's
+            r["old"][rows] = logp.detach()
+        mask = r["mask"][rows]
+        r["weights"][rows] = truncated_importance_weights(r["old"][rows], r["sampler"][rows], cap=rl.tis_cap, mask=mask)
+        return algorithm.loss(logp, r["old"][rows], r["advantages"][rows], mask,
+                              logp_ref=None if r["ref"] is None else r["ref"][rows], weights=r["weights"][rows])
 
     def _commit(self, metrics: dict[str, Any]) -> None:
         self._last_metrics = metrics
@@ -321,34 +371,38 @@ class TrainerShard:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False) if kl_coef else None
         return self.rl_optimizer, self.rl_schedule, self.reference
 
-    def dpo_step(self, pairs: list[dict[str, str]], dpo: DPOConfig) -> dict[str, Any]:
-        """One DPO step (rl/algorithms/dpo.py) on {prompt, chosen, rejected} texts against the policy
-        the stage started from (frozen on the first call, with the stage's own AdamW at `dpo.lr`).
-        Reports the loss, the mean reward margin (chosen minus rejected) and how often it is positive."""
+    def dpo_step(self, parts: list[list[dict[str, str]]], dpo: DPOConfig) -> dict[str, Any]:
+        """One DPO step (rl/algorithms/dpo.py) on this shard's parts of {prompt, chosen, rejected}
+        texts against the policy the stage started from (frozen on the first call, with the stage's
+        own AdamW at `dpo.lr`). Reports the loss, the mean reward margin (chosen minus rejected) and
+        how often it is positive."""
         import torch
 
         from rl.algorithms.dpo import dpo_loss
 
+        def loss_of(pairs):
+            rows = [self._tokens(p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs]
+            ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
+            mask = completion[:, 1:].float()
+            with self._autocast():
+                policy = (token_logprobs(self.ddp, ids, attention) * mask).sum(1)
+                with torch.no_grad():
+                    reference = (token_logprobs(self.dpo_reference, ids, attention) * mask).sum(1)
+            n = len(pairs)
+            loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], dpo.beta)
+            return loss, ((chosen - rejected).detach(), int(mask.sum()))
+
         self._dpo_state(dpo)
         started = time.perf_counter()
-        rows = [self._tokens(p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs]
-        ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
-        mask = completion[:, 1:].float()
-        with self._autocast():
-            policy = (token_logprobs(self.ddp, ids, attention) * mask).sum(1)
-            with torch.no_grad():
-                reference = (token_logprobs(self.dpo_reference, ids, attention) * mask).sum(1)
-        n = len(pairs)
-        loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], dpo.beta)
         self.dpo_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses, extras = self._backward(parts, loss_of)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
         self.dpo_optimizer.step()
         self.step += 1
-        margin = chosen - rejected
-        metrics = {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm),
+        margin, tokens = torch.cat([m for m, _ in extras]), sum(t for _, t in extras)
+        metrics = {"step": self.step, "loss": _mean(losses), "parts": len(parts), "grad_norm": float(grad_norm),
                    "margin": float(margin.mean()), "accuracy": float((margin > 0).float().mean()),
-                   "tokens": int(mask.sum()), "tokens_per_s": int(mask.sum()) / (time.perf_counter() - started)}
+                   "tokens": tokens, "tokens_per_s": tokens / (time.perf_counter() - started)}
         self._commit(metrics)
         return metrics
 
@@ -412,6 +466,10 @@ class TrainerShard:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _schedule_state(schedule) -> dict[str, Any]:

@@ -5,9 +5,10 @@ checkpoint instead.
 
 Ours: TrainerGroup (2 gloo shards, tiny model, the real blender), SIGKILL to shard 1 just before a
 step; seconds from the kill to that step committed: with a warm spare taking the rank
-(`placement.trainer.spares=1`), and with a fresh actor (killed again before the next spare is
-warm). The fresh figure's phases (probe, spawn, re-form) are in the JSON: re-forming waits for
-the new process to import torch and transformers.
+(`placement.trainer.spares=1`), and without one (killed again before the next spare is warm):
+then the survivor carries the lost shard's part (the same maths, by accumulation) while a fresh
+actor warms up, and the replacement joins before a later step. Also reported: seconds from that
+kill until the group is whole again (steps go on meanwhile), and each recovery's re-form time.
 Baseline: Ray Train `TorchTrainer` (2 gloo workers, same model, batch and sequence length, DDP via
 `prepare_model`, a checkpoint reported every step, `FailureConfig(max_failures=3)`, Ray's
 defaults otherwise); SIGKILL to worker 1's process; seconds from the kill to the next step that
@@ -37,7 +38,7 @@ SEQ, BATCH = 64, 8
 
 def ours(model: Path, root: Path, kills: int) -> dict:
     """One group with one warm spare; each round kills shard 1 twice: first with the spare warm (it
-    takes the rank), then at once again, before the new spare is warm (a fresh actor takes it)."""
+    takes the rank), then at once again, before the new spare is warm (the group goes on smaller)."""
     from actors.data_blender import DataBlender
     from runtime.core.config import load_config
     from runtime.pools.trainer_group import TrainerGroup
@@ -55,10 +56,14 @@ def ours(model: Path, root: Path, kills: int) -> dict:
                    lambda h: ray.get(h.setup.remote(True), timeout=120)))
     ray.get(sup.handle(blender).setup.remote(), timeout=120)
     group = TrainerGroup(cfg, model, sup).start()
-    seconds: dict[str, list[float]] = {"spare": [], "fresh": []}
+    seconds: dict[str, list[float]] = {"spare": [], "fresh": [], "whole": []}
     step = 0
     try:
         for _ in range(kills):
+            while len(group.members) < 2 or len(group.spares) < 1:  # whole, with a warm spare
+                ray.get(list(group.spares.values()), timeout=120)
+                group.train_step(blender, step)
+                step += 1
             ray.get(list(group.spares.values()), timeout=120)
             for kind in ("spare", "fresh"):
                 for _ in range(2):
@@ -70,6 +75,10 @@ def ours(model: Path, root: Path, kills: int) -> dict:
                 group.train_step(blender, step)
                 seconds[kind].append(time.perf_counter() - killed)
                 step += 1
+            while len(group.members) < 2:  # steps go on (smaller) until the replacement has joined
+                group.train_step(blender, step)
+                step += 1
+            seconds["whole"].append(time.perf_counter() - killed)
     finally:
         group.shutdown()
         sup.stop(5)
@@ -166,13 +175,15 @@ def main() -> None:
     mine = ours(model, root / "ours", kills)
     baseline = ray_train(model, root, kills)
     ray.shutdown()
-    ours_s, spare_s, ray_s = (statistics.median(s) for s in (mine["fresh"], mine["spare"], baseline["seconds"]))
-    fresh_phases = [r["phases"] for r in mine["recoveries"][1::2]]
-    print(f"kill -> next committed step: ours {ours_s:.2f} s (warm spare {spare_s:.2f} s); "
-          f"Ray Train TorchTrainer {ray_s:.2f} s")
+    ours_s, spare_s, whole_s, ray_s = (statistics.median(s) for s in (mine["fresh"], mine["spare"], mine["whole"],
+                                                                      baseline["seconds"]))
+    phases = [{k: round(r[k], 3) if isinstance(r[k], float) else r[k] for k in ("seconds", "probe", "shards") if k in r}
+              | {"event": "lost" if "lost" in r else "joined"} for r in mine["recoveries"]]
+    print(f"kill -> next committed step: ours {ours_s:.2f} s without a spare (whole again after {whole_s:.2f} s), "
+          f"{spare_s:.2f} s with a warm spare; Ray Train TorchTrainer {ray_s:.2f} s")
     print(json.dumps({"bench": "recovery", "quick": args.quick, "kills": kills,
                       "ours_s": round(ours_s, 3), "ours_spare_s": round(spare_s, 3), "ray_train_s": round(ray_s, 3),
-                      "ours_fresh_phases_s": fresh_phases,
+                      "ours_whole_again_s": round(whole_s, 3), "ours_recoveries": phases,
                       "ratio": round(ray_s / ours_s, 2), "ratio_spare": round(ray_s / spare_s, 2)}))
 
 

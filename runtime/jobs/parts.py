@@ -137,7 +137,7 @@ def _roles(parts: RunParts, model_path: Path) -> list:
 def _resolve(parts: RunParts, role: str, index: int) -> Any:
     """The actor that holds (role, index) now: what a fault drill signals."""
     if role == "trainer":
-        return parts.trainers.shards[index]
+        return parts.trainers.holder(index)
     if role == "inference":
         return parts.pool.slots[index].handle
     if role == "sandbox":

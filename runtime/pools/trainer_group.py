@@ -1,16 +1,25 @@
 """TrainerGroup: the driver's handle on N TrainerShard actors stepping as one data-parallel model,
 and the in-place recovery of a lost shard.
 
+A step's data is cut into one part per configured replica (`placement.trainer.replicas`), and
+each shard trains on the parts it holds (`TrainerShard`: gradients of a shard's parts accumulate,
+scaled so the step's maths is the same however the parts are spread).
+
 Every step goes through `_recovering`. When a step fails, the shards are probed (health() with
 `supervision.health_timeout_s`): a dead or hung shard's place is taken by a warm spare
-(`placement.trainer.spares`) or a fresh actor under its name; the survivors keep their
+(`placement.trainer.spares`) if one is ready; otherwise its parts go to the survivors and the
+group goes on smaller at once, while a fresh actor warms up in the background as a spare (the
+seconds a new process spends importing torch are not spent waiting). The survivors keep their
 processes. The group re-forms on a new port, the shard furthest ahead (the donor) puts its whole
 state (parameters, optimizers, schedules, step, RNG) in the object store once, and every shard
 behind it loads that; no checkpoint is read. A step no shard committed is redone with the same
 input (the blender replays the batch; RL, SFT and DPO rows are the caller's), so the run ends
-with the weights it would have had without the fault. When nothing among the shards is lost,
-the data source the step reads (a blender) is checked and replaced instead; when nothing at all
-is lost, the error is the step's own and goes on.
+with the weights it would have had without the fault. Before each later step, a smaller group
+takes back a spare that has warmed up (`_grow`): it receives the donor's state and a part, and
+the group is whole again. Where no capacity is left (a lost node), the spare stays pending and the
+group finishes smaller. When nothing among the shards is lost, the data source the step reads (a
+blender) is checked and replaced instead; when nothing at all is lost, the error is the step's
+own and goes on.
 
 While a step runs longer than `supervision.probe_interval_s`, the shards still working are
 probed each interval: a hung shard (SIGSTOPped, wedged) is killed at once rather than after
@@ -48,7 +57,10 @@ class TrainerGroup:
         self.supervisor = supervisor or standalone(cfg)
         self.size = cfg.placement.trainer.replicas
         self.members = [actor_name(cfg.experiment.name, "trainer", rank) for rank in range(self.size)]
-        """Actor name at each rank (a spare that took a rank keeps its own name)."""
+        """Actor name at each rank (a spare that took a rank keeps its own name); fewer than `size`
+        while the group runs smaller."""
+        self.parts = {name: [rank] for rank, name in enumerate(self.members)}
+        """The parts of every step each member trains on: together, 0 .. size - 1."""
         self.spares: dict[str, Any] = {}
         """Warm spares: name -> the ref of their warm() call."""
         self._spare_count = 0
@@ -62,6 +74,10 @@ class TrainerGroup:
     def shards(self) -> list[Any]:
         return [self.supervisor.handle(name) for name in self.members]
 
+    def holder(self, part: int) -> Any:
+        """The shard that trains part `part` of each step now (trainer `part` while the group is whole)."""
+        return self.supervisor.handle(next(name for name in self.members if part in self.parts[name]))
+
     def start(self, resume_from: str | None = None, state: Any = None) -> TrainerGroup:
         """Spawn the shards, rendezvous on a port rank 0 picks, load the model (or a saved model
         directory, `resume_from`, or a checkpoint's whole shard state, `state`: an object ref); start the spares."""
@@ -72,8 +88,7 @@ class TrainerGroup:
         ready = setup_all(dict(zip(self.members, self.shards)), train.setup_timeout_s, "train.setup_timeout_s",
                           init, resume_from, state)
         self.step = ready[0]["step"]
-        for _ in range(self.cfg.placement.trainer.spares):
-            self._start_spare()
+        self._replenish()
         return self
 
     def _role(self, rank: int, name: str) -> Role:
@@ -87,6 +102,12 @@ class TrainerGroup:
         self._spare_count += 1
         handle = self.supervisor.spawn(self._role(-1, name))
         self.spares[name] = handle.warm.remote()
+
+    def _replenish(self) -> None:
+        """Start spares until members and spares (warm or warming) cover the replicas and the spares
+        configured: a group running smaller always has its replacement on the way."""
+        while len(self.members) + len(self.spares) < self.size + self.cfg.placement.trainer.spares:
+            self._start_spare()
 
     # ---- steps -------------------------------------------------------------
 
@@ -117,8 +138,10 @@ class TrainerGroup:
         return self._split("dpo_step", pairs, self.cfg.dpo)
 
     def _split(self, method: str, rows: list, *args: Any) -> dict[str, Any]:
+        """Rows of part p are rows p, p + size, ...; each shard gets the rows of its parts."""
         def attempt() -> list[dict[str, Any]]:
-            calls = [getattr(s, method).remote(rows[i :: self.size], *args) for i, s in enumerate(self.shards)]
+            calls = [getattr(s, method).remote([rows[p :: self.size] for p in self.parts[name]], *args)
+                     for name, s in zip(self.members, self.shards)]
             return self._watch(calls, self.cfg.train.step_timeout_s, f"trainer shards: {method}")
 
         return self._recovering(attempt, f"{method} at step {self.step + 1}")
@@ -128,6 +151,8 @@ class TrainerGroup:
         """attempt() until it succeeds, recovering what was lost between tries. A step the donor had
         already committed when the fault hit is not redone: its metrics are the donor's."""
         before = self.step
+        if step:
+            self._grow(what)
         for _ in range(self.cfg.supervision.max_replacements + 1):
             try:
                 result = attempt()
@@ -163,51 +188,86 @@ class TrainerGroup:
     # ---- recovery ------------------------------------------------------------
 
     def _recover(self, error: BaseException, what: str, others: list[str], failed_at: float) -> tuple[int, Any] | None:
-        """Replace lost shards and re-form the group (returns the donor's (step, handle)), or replace
-        a lost data source (returns None); re-raise `error` when nothing was lost."""
+        """Fill or fold the places of lost shards and re-form the group (returns the donor's (step,
+        handle)), or replace a lost data source (returns None); re-raise `error` when nothing was lost."""
         statuses = {name: "hung" if name in self._hung else status
                     for name, status in self.supervisor.probe(self.members).items()}
         self._hung.clear()
-        lost = [rank for rank, name in enumerate(self.members) if statuses[name] != "ok"]
+        lost = [name for name in self.members if statuses[name] != "ok"]
         if not lost:
             if any(self.supervisor.ensure(name, what) for name in others):
                 return None
             raise error
         started = time.perf_counter()
-        phases = {"probe": started - failed_at}
-        shards = self.shards
-        survivors = [rank for rank in range(self.size) if rank not in lost]
+        survivors = [name for name in self.members if name not in lost]
         if not survivors:
             raise RunFailed(f"{what}: every trainer shard was lost; nothing to recover from (resume from a checkpoint)")
-        steps = dict(zip(survivors, wait([shards[r].health.remote() for r in survivors],
+        steps = dict(zip(survivors, wait([self.supervisor.handle(n).health.remote() for n in survivors],
                                          self.cfg.supervision.health_timeout_s, f"{what}: survivors")))
-        donor = max(survivors, key=lambda r: steps[r]["step"])
-        donor_step, lost_names = steps[donor]["step"], [self.members[r] for r in lost]
-        mark = time.perf_counter()
-        fresh = {rank: self._take_place(rank, statuses[self.members[rank]], what) for rank in lost}
-        phases["spawn"], mark = time.perf_counter() - mark, time.perf_counter()
-        self._regroup(shards[donor], donor_step, {r: steps[r]["step"] for r in survivors}, fresh)
-        phases["regroup"] = time.perf_counter() - mark
+        donor = max(survivors, key=lambda n: steps[n]["step"])
+        donor_step, behind = steps[donor]["step"], {n for n in survivors if steps[n]["step"] < steps[donor]["step"]}
+        taken = {}
+        for name in lost:
+            self.supervisor.retire(name, statuses[name], what)
+            taken[name] = self._fill(name)
+        self._replenish()
+        self._regroup(donor, behind | {n for n in taken.values() if n})
         seconds = time.perf_counter() - started
-        self.recoveries.append({"at": what, "lost": lost_names, "donor": donor, "seconds": seconds,
-                                "phases": {k: round(v, 3) for k, v in phases.items()}})
-        self.supervisor.recovered(self.members[lost[0]], f"{', '.join(lost_names)} lost at {what}; replaced from "
-                                  f"trainer {donor} (step {donor_step})", seconds)
-        return donor_step, self.shards[donor]
+        self.recoveries.append({"at": what, "lost": lost, "donor": donor, "seconds": seconds,
+                                "probe": round(started - failed_at, 3), "shards": len(self.members)})
+        self._report(lost, taken, what, donor, donor_step, seconds)
+        return donor_step, self.supervisor.handle(donor)
 
-    def _take_place(self, rank: int, fault: str, what: str) -> bool:
-        """Put a warm spare, or else a fresh actor under the rank's own name, at `rank`; True when it
-        is fresh (it needs setup)."""
-        self.supervisor.retire(self.members[rank], fault, what)
+    def _fill(self, lost: str) -> str | None:
+        """A warm spare takes `lost`'s place and parts (returns its name); with none ready, the parts
+        go to the member holding fewest and the group goes on smaller (returns None)."""
+        index, parts = self.members.index(lost), self.parts.pop(lost)
         ready = self._warm_spares()
         if ready:
             self.spares.pop(ready[0])
-            self.members[rank] = ready[0]
-            self._start_spare()
-            return False
-        self.members[rank] = actor_name(self.cfg.experiment.name, "trainer", rank)
-        self.supervisor.spawn(self._role(rank, self.members[rank]))
-        return True
+            self.members[index], self.parts[ready[0]] = ready[0], parts
+            return ready[0]
+        self.members.pop(index)
+        for part in parts:
+            self.parts[min(self.members, key=lambda n: len(self.parts[n]))].append(part)
+        return None
+
+    def _report(self, lost: list[str], taken: dict[str, str | None], what: str, donor: str, donor_step: int,
+                seconds: float) -> None:
+        """One event per lost shard: replaced by a spare, or its parts carried by the others."""
+        for name in lost:
+            if taken[name]:
+                self.supervisor.events.record(
+                    "replaced", "trainer", f"{name} lost at {what}; replaced by {taken[name]} from {donor} "
+                    f"(step {donor_step}) in {seconds:.1f} s", seconds=seconds, actor=name)
+            else:
+                self.supervisor.events.record(
+                    "resized", "trainer", f"{name} lost at {what}; its part goes on with {len(self.members)} of "
+                    f"{self.size} shards from {donor} (step {donor_step}) in {seconds:.1f} s; a replacement is "
+                    f"warming up", seconds=seconds, actor=name)
+
+    def _grow(self, what: str) -> None:
+        """Before a step: while the group runs smaller, a warm spare joins it, takes a part from the
+        member holding most, and the donor's state."""
+        while len(self.members) < self.size:
+            self._replenish()  # a spare that failed to warm was dropped: start another
+            ready = self._warm_spares()
+            if not ready:
+                return
+            started, name = time.perf_counter(), ready[0]
+            self.spares.pop(name)
+            donor = self.members[0]
+            fullest = max(self.members, key=lambda n: len(self.parts[n]))
+            self.members.append(name)
+            self.parts[name] = [self.parts[fullest].pop()]
+            self._regroup(donor, {name})
+            self._replenish()
+            seconds = time.perf_counter() - started
+            self.recoveries.append({"at": what, "joined": name, "donor": donor, "seconds": seconds,
+                                    "shards": len(self.members)})
+            self.supervisor.events.record(
+                "joined", "trainer", f"{name} joined before {what} from {donor} ({len(self.members)} of "
+                f"{self.size} shards) in {seconds:.1f} s", seconds=seconds, actor=name)
 
     def _warm_spares(self) -> list[str]:
         """Spares whose warm() has finished; one whose warm() failed is dropped, loudly."""
@@ -224,17 +284,17 @@ class TrainerGroup:
                 self.supervisor.drop(name)
         return warm
 
-    def _regroup(self, donor: Any, donor_step: int, steps: dict[int, int], fresh: dict[int, bool]) -> None:
-        """Every shard joins a new group; those behind the donor (and the newcomers) take its state."""
+    def _regroup(self, donor: str, behind: set[str]) -> None:
+        """Every member joins a new group at its index, with its parts; those in `behind` (behind
+        the donor, or new) take the donor's state first."""
         train = self.cfg.train
-        init = wait(donor.rendezvous.remote(), train.setup_timeout_s, "trainer donor: rendezvous")
-        state = donor.state.remote()  # one object-store copy; Ray hands it to every shard that takes it
-        calls = {}
-        for rank, (name, shard) in enumerate(zip(self.members, self.shards)):
-            behind = rank in fresh or steps[rank] < donor_step
-            calls[name] = (shard.setup.remote(init, None, state) if fresh.get(rank)
-                           else shard.regroup.remote(init, rank, self.size, state if behind else None))
-        wait(list(calls.values()), train.setup_timeout_s, "trainer group: re-form")
+        handle = self.supervisor.handle(donor)
+        init = wait(handle.rendezvous.remote(), train.setup_timeout_s, "trainer donor: rendezvous")
+        state = handle.state.remote() if behind else None  # one object-store copy, handed to every taker
+        calls = [self.supervisor.handle(name).regroup.remote(init, rank, len(self.members),
+                                                             state if name in behind else None, self.parts[name])
+                 for rank, name in enumerate(self.members)]
+        wait(calls, train.setup_timeout_s, "trainer group: re-form")
 
     # ---- weights ---------------------------------------------------------------
 
@@ -263,7 +323,10 @@ class TrainerGroup:
         return self._recovering(attempt, f"save {path}", step=False)
 
     def shutdown(self) -> None:
-        for name in self.members + list(self.spares):
+        """Members leave their group; spares (outside any group, maybe still pending) are just killed."""
+        for name in list(self.spares):
+            self.supervisor.drop(name)
+        for name in self.members:
             try:
                 wait(self.supervisor.handle(name).shutdown.remote(), self.cfg.cluster.shutdown_timeout_s,
                      "trainer shard: shutdown")
@@ -274,9 +337,9 @@ class TrainerGroup:
 
 def merged(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """One step's figures over the group: rank 0's step, grad norm and lr (shared after the
-    all-reduce), the mean loss and importance weight, the summed tokens and tokens/s."""
+    all-reduce), the mean over parts of loss and importance weight, the summed tokens and tokens/s."""
     out = {k: metrics[0][k] for k in ("step", "grad_norm", "lr") if k in metrics[0]}
-    out.update({k: statistics.fmean(m[k] for m in metrics) for k in ("loss", "tis_weight", "margin", "accuracy")
-                if k in metrics[0]})
+    out.update({k: statistics.fmean(m[k] for m in metrics for _ in range(m.get("parts", 1)))
+                for k in ("loss", "tis_weight", "margin", "accuracy") if k in metrics[0]})
     out.update({k: sum(m[k] for m in metrics) for k in ("tokens", "tokens_per_s")})
     return out

@@ -1,6 +1,7 @@
-"""The main job on a ray.cluster_utils.Cluster (head plus two worker nodes, each with one `trainer` and
-one `inference` slot of custom resources); once RL has begun, the worker node hosting trainer 1 is
-removed. Run as a script by test_node_loss.py (a cluster of its own, apart from the test session's);
+"""The main job on a ray.cluster_utils.Cluster (head plus two worker nodes; each worker has one
+`trainer` and one `inference` slot of custom resources, the head one `inference` slot); once RL has
+begun, the worker node hosting trainer 1 is removed: no trainer slot is left for a replacement, one
+inference slot is. Run as a script by test_node_loss.py (a cluster of its own, apart from the test session's);
 prints one JSON line: the run's events, the removed node's actors, and the summary."""
 
 import json
@@ -30,7 +31,7 @@ def remove_the_node_of(cluster: Cluster, actor: str, run_dir: Path, out: dict) -
 
 def main(model: str, run_dir: str) -> None:
     slots = {"trainer": 1, "inference": 1}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "resources": slots})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "resources": {"inference": 1}})
     for _ in range(2):
         cluster.add_node(num_cpus=4, resources=slots)
     ray.init(address=cluster.address, log_to_driver=False)
@@ -39,7 +40,6 @@ def main(model: str, run_dir: str) -> None:
                                   "placement.trainer.resources={trainer: 1}", "placement.inference.resources={inference: 1}",
                                   "supervision.health_timeout_s=3"])
     out: dict = {}
-    # trainer 1 sits on a worker node unless the scheduler put it on the head: then trainer 0 does
     target = threading.Thread(target=lambda: remove_the_node_of(cluster, pick_trainer(), Path(run_dir), out), daemon=True)
     target.start()
     result = driver.run(cfg)
@@ -51,13 +51,12 @@ def main(model: str, run_dir: str) -> None:
 
 
 def pick_trainer() -> str:
-    """The first trainer shard that is not on the head node (the head cannot be removed)."""
-    head = ray.get_runtime_context().get_node_id()
+    """Trainer 1, once both shards are up (each on a worker node: the head has no trainer slot)."""
     while True:
         alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-        trainers = sorted((a.name, a.node_id) for a in alive if a.name and "/trainer/" in a.name)
+        trainers = sorted(a.name for a in alive if a.name and "/trainer/" in a.name)
         if len(trainers) == 2:
-            return next(name for name, node in trainers if node != head)
+            return trainers[1]
         time.sleep(0.2)
 
 

@@ -1,6 +1,8 @@
 """A worker node hosting a trainer shard (and, by the custom resources, whatever else it holds) is
-removed mid-run from a ray.cluster_utils.Cluster; the run completes with every lost actor replaced
-on the nodes left (node_loss_job.py runs the cluster in a process of its own)."""
+removed mid-run from a ray.cluster_utils.Cluster; the run completes. No other node has room for a
+trainer, so the trainer group finishes smaller (the survivor carries the lost shard's part, the
+replacement stays pending); the inference server is replaced on the node that has room
+(node_loss_job.py runs the cluster in a process of its own)."""
 
 import json
 import subprocess
@@ -12,7 +14,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
 
-def test_removing_a_node_mid_run_replaces_its_actors_and_the_run_completes(tiny_model, tmp_path):
+def test_removing_a_node_mid_run_the_trainers_go_on_smaller_and_the_run_completes(tiny_model, tmp_path):
     job = Path(__file__).with_name("node_loss_job.py")
     done = subprocess.run([sys.executable, str(job), str(tiny_model), str(tmp_path)], capture_output=True, text=True,
                           timeout=900, cwd=Path(__file__).resolve().parents[2])
@@ -21,8 +23,8 @@ def test_removing_a_node_mid_run_replaces_its_actors_and_the_run_completes(tiny_
     removed = result["removed"]
     assert any("/trainer/" in name for name in removed), removed
     noticed = {e["actor"] for e in result["events"] if e["kind"] in ("lost", "hung", "replaced") and "actor" in e}
-    replaced = {e["role"] for e in result["events"] if e["kind"] == "replaced"}
-    assert "trainer" in replaced, result["events"]
+    kinds = [(e["kind"], e["role"]) for e in result["events"]]
+    assert ("resized", "trainer") in kinds and ("joined", "trainer") not in kinds, result["events"]
     # every actor of the node that the rest of the run called was noticed (an inference server's
     # replacement may still be starting when the short run ends; the pool routed around it)
     for name in removed:

@@ -37,10 +37,10 @@ def test_rewarded_completion_gains_and_penalised_one_loses(tiny_model, precision
 
         good_before, bad_before = logp(good), logp(bad)
         for _ in range(5):
-            shard.rl_step([
+            shard.rl_step([[
                 {"prompt_ids": p, "completion_ids": good, "logprobs": token_logps(good), "advantage": advantages[0]},
                 {"prompt_ids": p, "completion_ids": bad, "logprobs": token_logps(bad), "advantage": advantages[1]},
-            ], algorithm, cfg.rl)
+            ]], algorithm, cfg.rl)
         assert logp(good) > good_before + 1.0 and logp(bad) < bad_before - 1.0
     finally:
         shard.shutdown()
@@ -60,7 +60,7 @@ def test_dpo_steps_widen_the_margin_of_the_chosen_completion(tiny_model):
     shard = started_shard(cfg, tiny_model)
     pairs = [{"prompt": prompt(a, b), "chosen": answer(a, b), "rejected": answer(a + 1, b)} for a, b in [(2, 5), (3, 1)]]
     try:
-        history = [shard.dpo_step(pairs, cfg.dpo) for _ in range(6)]
+        history = [shard.dpo_step([pairs], cfg.dpo) for _ in range(6)]
     finally:
         shard.shutdown()
     assert history[0]["margin"] == pytest.approx(0.0, abs=1e-4), "the first step starts at the reference"
