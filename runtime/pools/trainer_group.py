@@ -37,7 +37,7 @@ from typing import Any
 import ray
 
 from actors.trainer_shard import TrainerShard
-from runtime.core.calls import setup_all, wait
+from runtime.core.calls import await_setup, wait
 from runtime.core.cluster import actor_name
 from runtime.core.config import FactoryConfig
 from runtime.core.errors import CallTimeout, PeerLost, RunFailed
@@ -56,10 +56,11 @@ class TrainerGroup:
         self.model_path = str(model_path)
         self.supervisor = supervisor or standalone(cfg)
         self.size = cfg.placement.trainer.replicas
-        self.members = [actor_name(cfg.experiment.name, "trainer", rank) for rank in range(self.size)]
+        first = cfg.placement.trainer.min_replicas or self.size
+        self.members = [actor_name(cfg.experiment.name, "trainer", rank) for rank in range(first)]
         """Actor name at each rank (a spare that took a rank keeps its own name); fewer than `size`
-        while the group runs smaller."""
-        self.parts = {name: [rank] for rank, name in enumerate(self.members)}
+        while the group runs smaller (`placement.trainer.min_replicas`, or a lost shard)."""
+        self.parts = {name: list(range(rank, self.size, first)) for rank, name in enumerate(self.members)}
         """The parts of every step each member trains on: together, 0 .. size - 1."""
         self.spares: dict[str, Any] = {}
         """Warm spares: name -> the ref of their warm() call."""
@@ -80,13 +81,16 @@ class TrainerGroup:
 
     def start(self, resume_from: str | None = None, state: Any = None) -> TrainerGroup:
         """Spawn the shards, rendezvous on a port rank 0 picks, load the model (or a saved model
-        directory, `resume_from`, or a checkpoint's whole shard state, `state`: an object ref); start the spares."""
+        directory, `resume_from`, or a checkpoint's whole shard state, `state`: an object ref); start
+        the spares, and the shards beyond `min_replicas` (they join once they are up)."""
         train = self.cfg.train
         for rank, name in enumerate(self.members):
             self.supervisor.spawn(self._role(rank, name))
         init = wait(self.shards[0].rendezvous.remote(), train.setup_timeout_s, f"{self.members[0]}: rendezvous")
-        ready = setup_all(dict(zip(self.members, self.shards)), train.setup_timeout_s, "train.setup_timeout_s",
-                          init, resume_from, state)
+        world = len(self.members)
+        calls = {name: self.supervisor.handle(name).setup.remote(init, resume_from, state, world, self.parts[name])
+                 for name in self.members}
+        ready = await_setup(calls, train.setup_timeout_s, "train.setup_timeout_s")
         self.step = ready[0]["step"]
         self._replenish()
         return self
@@ -149,12 +153,13 @@ class TrainerGroup:
     def _recovering(self, attempt: Callable[[], list[dict[str, Any]]], what: str, others: list[str] = (),
                     step: bool = True) -> Any:
         """attempt() until it succeeds, recovering what was lost between tries. A step the donor had
-        already committed when the fault hit is not redone: its metrics are the donor's."""
+        already committed when the fault hit is not redone: its metrics are the donor's, and their
+        `parts` say how many of the step's parts the loss covers (the lost shard's went with it)."""
         before = self.step
-        if step:
-            self._grow(what)
         for _ in range(self.cfg.supervision.max_replacements + 1):
             try:
+                if step:
+                    self._grow(what)  # inside: a shard lost while one joins is recovered like any other
                 result = attempt()
             except RECOVERABLE as exc:
                 donor = self._recover(exc, what, others, failed_at=time.perf_counter())
@@ -337,9 +342,10 @@ class TrainerGroup:
 
 def merged(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """One step's figures over the group: rank 0's step, grad norm and lr (shared after the
-    all-reduce), the mean over parts of loss and importance weight, the summed tokens and tokens/s."""
+    all-reduce), the mean over parts of loss and importance weight, the summed parts (the step's
+    parts the loss covers), tokens and tokens/s."""
     out = {k: metrics[0][k] for k in ("step", "grad_norm", "lr") if k in metrics[0]}
     out.update({k: statistics.fmean(m[k] for m in metrics for _ in range(m.get("parts", 1)))
                 for k in ("loss", "tis_weight", "margin", "accuracy") if k in metrics[0]})
-    out.update({k: sum(m[k] for m in metrics) for k in ("tokens", "tokens_per_s")})
+    out.update({k: sum(m[k] for m in metrics) for k in ("parts", "tokens", "tokens_per_s") if k in metrics[0]})
     return out
