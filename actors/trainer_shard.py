@@ -60,9 +60,13 @@ class TrainerShard:
             port = s.getsockname()[1]
         return f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
-    def setup(self, init_method: str, resume_from: str | None = None, state: dict | None = None) -> dict[str, Any]:
+    def setup(self, init_method: str, resume_from: str | None = None, state: dict | None = None,
+              world_size: int | None = None, parts: list[int] | None = None) -> dict[str, Any]:
         """Load the model (a saved run directory with `resume_from`; a peer's `state()`, passed as its
-        object ref so Ray hands it over, for a replacement), then join the group."""
+        object ref so Ray hands it over, for a replacement), then join the group (of `world_size`
+        processes, training on `parts` of each step, when fewer shards than parts start)."""
+        if world_size is not None:
+            self.world_size, self.parts = world_size, list(parts)
         self.warm(resume_from)
         if resume_from:
             self._load_state(Path(resume_from))

@@ -127,10 +127,16 @@ class SandboxPlacement(RolePlacement):
 
 class TrainerPlacement(RolePlacement):
     replicas: int = Field(2, ge=0)
-    """How many TrainerShard actors (data-parallel replicas) run."""
+    """How many TrainerShard actors (data-parallel replicas) run. A step's data is always cut into
+    this many parts, so the maths of a step does not depend on how many shards carry them."""
+    min_replicas: int | None = Field(None, ge=1)
+    """Elastic trainers: the run starts once this many shards are up (they carry every part) and
+    the others join, one by one between steps, when a node with room for them arrives; shards lost
+    with no room left leave the group smaller. Default: `replicas` (start with all of them)."""
     spares: int = Field(0, ge=0)
     """Warm spare shards (torch imported, model loaded, outside the group): a lost shard's place is
-    taken by a spare instead of a fresh actor, and a new spare starts in the background."""
+    taken by a spare at once, and a new spare starts in the background. Without one the survivors
+    carry the lost shard's part until its fresh replacement has warmed up and joins."""
 
 
 class BlenderPlacement(RolePlacement):
@@ -631,6 +637,9 @@ class FactoryConfig(Section):
         if shards and self.dpo.steps and self.dpo.pairs_per_step % shards:
             raise ValueError(f"dpo.pairs_per_step ({self.dpo.pairs_per_step}) must divide evenly over "
                              f"placement.trainer.replicas ({shards})")
+        if (self.placement.trainer.min_replicas or 0) > shards:
+            raise ValueError(f"placement.trainer.min_replicas ({self.placement.trainer.min_replicas}) is more than "
+                             f"placement.trainer.replicas ({shards}), the most shards a run has")
         if self.dpo.steps and not self.dpo.pairs:
             raise ValueError("dpo.steps needs dpo.pairs, a JSONL file of {prompt, chosen, rejected} lines")
         return self

@@ -4,22 +4,13 @@ trainer, so the trainer group finishes smaller (the survivor carries the lost sh
 replacement stays pending); the inference server is replaced on the node that has room
 (node_loss_job.py runs the cluster in a process of its own)."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
 
-def test_removing_a_node_mid_run_the_trainers_go_on_smaller_and_the_run_completes(tiny_model, tmp_path):
-    job = Path(__file__).with_name("node_loss_job.py")
-    done = subprocess.run([sys.executable, str(job), str(tiny_model), str(tmp_path)], capture_output=True, text=True,
-                          timeout=900, cwd=Path(__file__).resolve().parents[2])
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+def test_removing_a_node_mid_run_the_trainers_go_on_smaller_and_the_run_completes(tiny_model, tmp_path, cluster_job):
+    result = cluster_job("node_loss_job.py", tiny_model, tmp_path, 900)
     removed = result["removed"]
     assert any("/trainer/" in name for name in removed), removed
     noticed = {e["actor"] for e in result["events"] if e["kind"] in ("lost", "hung", "replaced") and "actor" in e}

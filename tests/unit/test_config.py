@@ -64,6 +64,12 @@ def test_cross_field_check():
         load_config("default", ["model.build.hidden_size=130"])
 
 
+def test_elastic_trainers_start_with_at_most_their_replicas():
+    assert load_config("default", ["placement.trainer.min_replicas=1"]).placement.trainer.min_replicas == 1
+    with pytest.raises(ConfigError, match=r"placement.trainer.min_replicas \(3\) is more than placement.trainer.replicas \(2\)"):
+        load_config("default", ["placement.trainer.min_replicas=3"])
+
+
 def test_post_training_stages_are_checked_before_any_work():
     with pytest.raises(ConfigError, match="dpo.steps needs dpo.pairs"):
         load_config("default", ["dpo.steps=3"])
