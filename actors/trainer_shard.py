@@ -179,8 +179,8 @@ class TrainerShard:
         collectives, so a lost blender fails the fetch, not a half-done step); returns its samples."""
         from runtime.core.calls import wait
 
-        batches = [wait(blender.batch.remote(step, part, self.data_parts), self.train.batch_timeout_s,
-                        f"blender: batch {step}") for part in self.parts]
+        batches = wait([blender.batch.remote(step, part, self.data_parts) for part in self.parts],
+                       self.train.batch_timeout_s, f"blender: batch {step}")
         self._fetched = (step, batches)
         return sum(len(batch["sample_index"]) for batch in batches)
 

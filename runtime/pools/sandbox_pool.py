@@ -261,8 +261,6 @@ class SandboxPool:
         self.counts["retried"] += len(worker.inflight)
         worker.inflight.clear()
         worker.probe = None
-        self.counts["replaced"] += 1
-        self.metrics.replaced()
         if worker.state == "draining":
             worker.state = "retired"
             return
@@ -271,6 +269,8 @@ class SandboxPool:
             self.supervisor.events.record("failed", "sandbox", decision.reason, actor=worker.name)
             worker.state = "failed"
         else:
+            self.counts["replaced"] += 1
+            self.metrics.replaced()
             worker.replacing_since = time.monotonic()
             self._respawn(worker)
 

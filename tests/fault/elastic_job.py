@@ -54,10 +54,23 @@ def pretrain(model: str, run_dir: Path, name: str, overrides: list[str], cluster
 
 
 def remove_node_of(cluster: Cluster, actor: str, expected) -> None:
-    node_id = next(a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if a.name == actor)
-    assert node_id == expected.node_id, "the shard that joined runs on the node that was added"
+    """Remove the node `actor` runs on (the one added); return once the actor's process is gone."""
+    found = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, detail=True) if a.name == actor)
+    assert found.node_id == expected.node_id, "the shard that joined runs on the node that was added"
     cluster.remove_node(expected, allow_graceful=False)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while process_alive(found.pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{actor} (pid {found.pid}) still runs 60 s after its node was removed")
+        time.sleep(0.05)
+
+
+def process_alive(pid: int) -> bool:
+    """Running, not gone or a zombie (the nodes of a cluster_utils Cluster are processes on this machine)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def main(model: str, root: str) -> None:
