@@ -76,6 +76,22 @@ class InferenceServer:
         futures = [self._require_loop().submit(request) for request in requests]
         return [future.result() for future in futures]
 
+    def generate_chunk(self, requests: list[GenerationRequest]) -> dict[str, Any]:
+        """Generate for every request, letting a higher class preempt them: `{"results": [...] in
+        request order, "preempted": [ids]}`. While sequences of a lower priority number run, the
+        engine holds only those: a preemptible request of a higher number is stopped (vLLM aborts
+        it) and handed back to be sent again later, so the higher class runs alone and within one
+        engine step of arriving (what the inference service sends)."""
+        loop = self._require_loop()
+        futures = [(request.id, loop.submit(request, preemptible=True)) for request in requests]
+        results, preempted = [], []
+        for request_id, future in futures:
+            try:
+                results.append(future.result())
+            except Preempted:
+                preempted.append(request_id)
+        return {"results": results, "preempted": preempted}
+
     def generate_stream(self, request: GenerationRequest) -> Iterator[dict[str, Any]]:
         """Yield `{"text", "token_ids"}` deltas as tokens are sampled, then `{"result": GenerationResult}`.
 
@@ -138,17 +154,18 @@ class EngineLoop(threading.Thread):
         self.version = 0
         self.metrics = ServerMetrics(name)
         self._cv = threading.Condition()
-        self._pending: deque[tuple[GenerationRequest, Future, queue.Queue | None]] = deque()
+        self._pending: deque[tuple[GenerationRequest, Future, queue.Queue | None, bool]] = deque()
         self._controls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._running: dict[str, Running] = {}
         self._stopped = False
         self._error: BaseException | None = None
 
-    def submit(self, request: GenerationRequest, stream: queue.Queue | None = None) -> Future:
-        """The future result; with `stream`, (text, token_ids) deltas are put there as they come, then None."""
+    def submit(self, request: GenerationRequest, stream: queue.Queue | None = None, preemptible: bool = False) -> Future:
+        """The future result; with `stream`, (text, token_ids) deltas are put there as they come, then
+        None. A `preemptible` request may end in Preempted (see InferenceServer.generate_chunk)."""
         future: Future = Future()
         with self._cv:
-            self._pending.append((request, future, stream))
+            self._pending.append((request, future, stream, preemptible))
             self._cv.notify()
         return future
 
@@ -198,30 +215,47 @@ class EngineLoop(threading.Thread):
                 self._pending.clear()
         if control is not None:
             _run_into(*control)
-        for request, future, stream in admitted:
-            self._admit(request, future, stream)
+        for request, future, stream, preemptible in admitted:
+            self._admit(request, future, stream, preemptible)
+        self._preempt()
         if self._running:
             self._step()
         return True
 
-    def _admit(self, request: GenerationRequest, future: Future, stream: queue.Queue | None) -> None:
+    def _admit(self, request: GenerationRequest, future: Future, stream: queue.Queue | None,
+               preemptible: bool = False) -> None:
         try:
             if request.id in self._running:
                 raise ValueError(f"request id {request.id} is already running on {self.server}")
             prompt = request.prompt if request.prompt is not None else {"prompt_token_ids": request.prompt_token_ids}
             params = sampling_params(request, stream=stream is not None)
-            self.engine.add_request(request.id, prompt, params, priority=int(request.workload))
+            self.engine.add_request(request.id, prompt, params, priority=priority_of(request))
         except Exception as exc:  # a bad request fails alone; the engine goes on
             future.set_exception(exc)
             if stream is not None:
                 stream.put(None)
             return
-        self._running[request.id] = Running(request, future, stream)
+        self._running[request.id] = Running(request, future, stream, preemptible)
         self.metrics.in_flight(len(self._running))
+
+    def _preempt(self) -> None:
+        """Stop preemptible requests of a higher priority number than the best one running."""
+        if not self._running:
+            return
+        best = min(priority_of(r.request) for r in self._running.values())
+        victims = [rid for rid, r in self._running.items() if r.preemptible and priority_of(r.request) > best]
+        if not victims:
+            return
+        self.engine.abort_request(victims)
+        for rid in victims:
+            self._running.pop(rid).future.set_exception(Preempted(rid))
+        self.metrics.preempted(len(victims))
 
     def _step(self) -> None:
         for output in self.engine.step():
-            running = self._running[output.request_id]
+            running = self._running.get(output.request_id)
+            if running is None:  # preempted in this round
+                continue
             if running.stream is not None:
                 running.add_delta(output.outputs[0])
             if not output.finished:
@@ -262,7 +296,7 @@ class EngineLoop(threading.Thread):
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._cv:
-            waiting = [(f, q) for _, f, q in self._pending] + [(f, None) for _, f in self._controls]
+            waiting = [(f, q) for _, f, q, _ in self._pending] + [(f, None) for _, f in self._controls]
             waiting += [(r.future, r.stream) for r in self._running.values()]
             self._pending.clear()
             self._controls.clear()
@@ -281,6 +315,7 @@ class Running:
     request: GenerationRequest
     future: Future
     stream: queue.Queue | None = None
+    preemptible: bool = False
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -290,6 +325,14 @@ class Running:
         self.token_ids += list(c.token_ids)
         self.logprobs += token_logprobs(c)
         self.stream.put((c.text, list(c.token_ids)))
+
+
+class Preempted(Exception):
+    """A preemptible request stopped to let a higher class run; the caller sends it again."""
+
+
+def priority_of(request: GenerationRequest) -> int:
+    return request.priority if request.priority is not None else int(request.workload)
 
 
 def token_logprobs(c) -> list[float]:

@@ -35,7 +35,8 @@ Expose = Callable[[VersionStore, WeightsGrpcConfig], tuple[Any, int]]
 
 
 class WeightBroadcaster:
-    """Publishes to the inference servers named `servers` (those alive at each publish)."""
+    """Publishes to the actors named `servers` (those alive at each publish): inference servers, or
+    the inference service, which loads the version into the servers it owns and answers their versions."""
 
     def __init__(self, weights: WeightsConfig, servers: list[str], name: str = "broadcaster",
                  expose: Expose | None = None):
@@ -71,7 +72,8 @@ class WeightBroadcaster:
         loaded = {}
         for name, call in calls.items():
             try:
-                loaded[name] = wait(call, timeout, f"{self.name}: {name} loads version {version}")
+                answer = wait(call, timeout, f"{self.name}: {name} loads version {version}")
+                loaded.update(answer if isinstance(answer, dict) else {name: answer})
             except (PeerLost, SetupNotRun) as exc:  # lost, or a replacement still starting: it catches up itself
                 log.warning("%s: %s left out of version %s (%s)", self.name, name, version, exc)
         self.metrics.published(version, time.perf_counter() - started)

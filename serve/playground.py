@@ -3,10 +3,10 @@
 One Ray Serve application (FastAPI ingress):
 - `/v1/models`, `/v1/completions`, `/v1/chat/completions` (with `stream`), the
   official `openai` client works unchanged. `model` is `live` (the running
-  experiment's inference servers, or the newest saved version after the run),
-  `vN` (a version under RUN_DIR/versions) or a checkpoint name under
+  experiment's inference service, which routes it under the playground workload class and re-sends
+  it when a server is lost; after the run, the newest saved version), `vN` (a version under RUN_DIR/versions) or a checkpoint name under
   RUN_DIR/checkpoints. Unknown names get a 404 listing the known ones.
-- Requests run under the PLAYGROUND workload class, below rollouts and evals.
+- Requests run under the playground workload class (`inference.classes.playground`).
 - Saved versions get an InferenceServer on first use (at most
   `max_loaded_models`, least recently used stopped first).
 - Bound off 127.0.0.1 it needs an API key (FACTORY_PLAYGROUND_KEY or the owner-only
@@ -42,6 +42,7 @@ from runtime.core.config import FactoryConfig, SamplingConfig
 from runtime.core import credentials
 from runtime.core.cluster import actor_name
 from runtime.core.generation import GenerationRequest, GenerationResult, Workload
+from runtime.core.inference_client import service_name
 from runtime.model.versions import VERSION, list_models
 from serve.feedback import FeedbackStore
 
@@ -330,8 +331,8 @@ class Playground:
         return self.tokenizers[str(path)]
 
     async def _engine(self, model: str):
-        if model == "live" and (live := self._live_servers()):
-            return live[int(time.monotonic() * 1000) % len(live)]
+        if model == "live" and (live := self._live_service()) is not None:
+            return live
         name = self._resolved_name(model)
         async with self.lock:
             if name not in self.engines:
@@ -343,15 +344,13 @@ class Playground:
         path = self._path(model)
         return next(k for k, v in list_models(self.run_dir).items() if v == path)
 
-    def _live_servers(self) -> list:
-        exp = self.cfg.experiment.name
-        found = []
-        for i in range(self.cfg.placement.inference.replicas):
-            try:
-                found.append(ray.get_actor(actor_name(exp, "inference", i)))
-            except ValueError:
-                pass
-        return found
+    def _live_service(self):
+        """The running experiment's inference service (its generate and generate_stream answer like a
+        server's, routed under the playground class with failover), or None when no run is live."""
+        try:
+            return ray.get_actor(service_name(self.cfg.experiment.name))
+        except ValueError:
+            return None
 
     async def _start(self, name: str) -> None:
         from actors.inference_server import InferenceServer

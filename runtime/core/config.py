@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runtime.core.errors import ConfigError
 
@@ -151,6 +151,13 @@ class TaskBlenderPlacement(BlenderPlacement):
     """Calls the task blender serves at once."""
 
 
+class ServicePlacement(RolePlacement):
+    num_cpus: float = Field(0.0, ge=0)
+    """Routing is light: the service reserves no CPU of its own by default."""
+    max_concurrency: int = Field(64, ge=1)
+    """Calls the service serves at once (every caller's generate(), publishes, health)."""
+
+
 class PlacementConfig(Section):
     """Resources and replicas per role, kept apart from how each role behaves. Each role's defaults
     are its own, so a recipe that sets one field of a role keeps the others."""
@@ -165,6 +172,10 @@ class PlacementConfig(Section):
     """The pre-training DataBlender (one)."""
     tasks: TaskBlenderPlacement = TaskBlenderPlacement()
     """The RL task DataBlender (one)."""
+    service: ServicePlacement = ServicePlacement()
+    """The InferenceService (one): routes every caller's requests to the inference servers it owns."""
+    evaluator: ServicePlacement = ServicePlacement(max_concurrency=4)
+    """The Evaluator (one): asks the service and the sandbox workers; no CPU of its own by default."""
 
 
 class ClusterConfig(Section):
@@ -202,6 +213,24 @@ class SamplingConfig(Section):
     """Keep generating past end-of-sequence, up to max_tokens (benchmarks, fixed-length rollouts)."""
 
 
+WORKLOAD_CLASSES = {"rollout": {"priority": 0, "quota": 1.0}, "eval": {"priority": 1, "quota": 1.0},
+                    "playground": {"priority": 1, "quota": 0.5}, "synthetic": {"priority": 2, "quota": 1.0}}
+"""The inference service's workload classes and their default priority and quota."""
+
+
+class WorkloadClass(Section):
+    """Who asks the inference service, and how much of it they get when others wait."""
+
+    priority: int = Field(0, ge=0)
+    """Lower runs first: while a class waits for room, classes of a higher number wait behind it, and
+    its chunks go to the engines past their work, where vLLM's priority queue starts them as soon as
+    lower-class sequences finish (the engine's scheduling priority is this number)."""
+    quota: float = Field(1.0, gt=0, le=1)
+    """The most of the service's capacity (servers x inference.max_num_seqs sequences) the class
+    holds while another class waits or holds work; classes of one priority share by these weights.
+    With no other class there, a class may use all of it (idle capacity is lent)."""
+
+
 class InferenceConfig(Section):
     engine: Literal["vllm"] = "vllm"
     """Inference engine behind every InferenceServer."""
@@ -233,6 +262,29 @@ class InferenceConfig(Section):
     """Default sampling for requests that bring none."""
     probe_prompts: list[str] = ["def f(x):\n    return", "12 + 7 =", "def add(a, b):"]
     """Prompts the main job generates from before and after each weight version."""
+    classes: dict[str, WorkloadClass] = {name: WorkloadClass(**c) for name, c in WORKLOAD_CLASSES.items()}
+    """Workload classes of the shared inference service (serve/inference_service.py): every request
+    names one of rollout, eval, playground, synthetic. A recipe sets only what it changes
+    (`inference.classes.eval.quota=0.25`); the rest keep these defaults."""
+    preempt: bool = True
+    """A higher workload class has a server to itself: lower-class sequences running there stop when
+    it arrives (they are sent again later, same seeds) and no lower-class chunk goes there while it
+    has work. Right where compute is the bottleneck (CPU engines, a saturated GPU); off, lower
+    classes fill the sequence slots a higher class leaves free on the same engine."""
+    chunk_requests: int = Field(16, ge=1)
+    """The most requests the service sends a server in one chunk: a lower class gives way to a higher
+    one within one chunk, and a long synthetic job is many small chunks."""
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _each_class_over_its_defaults(cls, classes: Any) -> Any:
+        if not isinstance(classes, dict):
+            return classes
+        unknown = sorted(set(classes) - set(WORKLOAD_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown workload class {unknown[0]!r}; the classes are {', '.join(WORKLOAD_CLASSES)}")
+        given = {k: v.model_dump() if isinstance(v, BaseModel) else dict(v or {}) for k, v in classes.items()}
+        return {name: {**default, **given.get(name, {})} for name, default in WORKLOAD_CLASSES.items()}
 
 
 class SandboxGrpcConfig(Section):
@@ -547,7 +599,47 @@ class RLConfig(Section):
     """Samples per held-out task; pass@1 is the mean success over them."""
 
 
-ROLES = ("trainer", "inference", "sandbox", "blender", "tasks", "broadcaster")
+class EvalSuite(Section):
+    """One evaluation: tasks, samples per task, and how completions are judged."""
+
+    name: str
+    """The suite's name in evals.jsonl, metrics and the summary."""
+    type: Literal["procedural", "tasks"] = "procedural"
+    """procedural: held-out linear-function coding tasks (drawn apart from the training stream);
+    tasks: a JSONL file of HumanEval- or MBPP-format code tasks (judged by their tests in the sandbox)
+    or {prompt, answer} lines (judged by the exact answer)."""
+    path: str | None = None
+    """The task file, for type `tasks`."""
+    tasks: int = Field(64, ge=1)
+    """How many tasks (procedural: drawn; tasks: the file's first ones)."""
+    samples: int = Field(4, ge=1)
+    """Samples per task; the score is the mean success (pass@1)."""
+    max_tokens: int = Field(24, ge=1)
+    """Tokens per sample."""
+    temperature: float = Field(0.8, ge=0)
+    """Sampling temperature."""
+
+    @model_validator(mode="after")
+    def _file_for_tasks(self) -> EvalSuite:
+        if self.type == "tasks" and not self.path:
+            raise ValueError(f"suite {self.name!r} has type tasks: give its path (a JSONL task file)")
+        return self
+
+
+class EvalConfig(Section):
+    """The Evaluator: suites run on weight versions under the eval workload class, while training goes on."""
+
+    every: int = Field(5, ge=0)
+    """During RL, evaluate every this many versions (0: never during training)."""
+    suites: list[EvalSuite] = [EvalSuite(name="held-out")]
+    """What to evaluate."""
+    regression: float = Field(0.1, ge=0)
+    """A suite more than this below its best score so far is reported as a regression."""
+    timeout_s: float = Field(600.0, gt=0)
+    """Seconds one suite may take, its wait behind rollouts included."""
+
+
+ROLES = ("trainer", "inference", "sandbox", "blender", "tasks", "broadcaster", "service", "evaluator")
 """The roles a run supervises, by the names `placement`, `faults` and events.jsonl use."""
 
 
@@ -563,7 +655,7 @@ class SupervisionConfig(Section):
 
 
 class FaultKill(Section):
-    role: Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster"]
+    role: Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster", "service", "evaluator"]
     """Which role loses an actor."""
     index: int = Field(0, ge=0)
     """Which actor of the role (its index in the role's actor names)."""
@@ -587,7 +679,7 @@ class FaultsConfig(Section):
     """This many more SIGKILLs, each of a random role and actor at a random step (drawn with `seed`)."""
     seed: int = 0
     """Seed of the random faults."""
-    roles: list[Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster"]] = list(ROLES)
+    roles: list[Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster", "service", "evaluator"]] = list(ROLES)
     """Roles the random faults choose from."""
 
 
@@ -616,6 +708,8 @@ class FactoryConfig(Section):
     """The optional DPO stage of the main job."""
     rl: RLConfig = RLConfig()
     """The RL stage of the main job."""
+    eval: EvalConfig = EvalConfig()
+    """The Evaluator: suites on weight versions during RL, and `factory eval`."""
     weights: WeightsConfig = WeightsConfig()
     """The weight broadcaster and its gRPC stream."""
     playground: PlaygroundConfig = PlaygroundConfig()

@@ -10,12 +10,18 @@ from runtime.core.config import SamplingConfig
 
 
 class Workload(enum.IntEnum):
-    """Who asked. The value is the vLLM scheduling priority: lower runs first."""
+    """Who asked: the inference service's workload class (`inference.classes`, by the lower-case
+    name), which sets the request's priority and quota."""
 
     ROLLOUT = 0
     EVAL = 1
     PLAYGROUND = 2
     SYNTHETIC = 3
+
+    @property
+    def key(self) -> str:
+        """The class's name in `inference.classes`."""
+        return self.name.lower()
 
 
 @dataclass
@@ -27,6 +33,8 @@ class GenerationRequest:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     workload: Workload = Workload.ROLLOUT
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    priority: int | None = None
+    """vLLM's scheduling priority (lower first); the service sets its class's. None: the workload's value."""
 
     def __post_init__(self):
         if (self.prompt is None) == (self.prompt_token_ids is None):

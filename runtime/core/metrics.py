@@ -33,7 +33,12 @@ class ServerMetrics:
         self._in_flight = _metric("Gauge", "factory_inference_in_flight", "Requests in the engine", ("server",))
         self._tokens = _metric("Counter", "factory_inference_generated_tokens", "Tokens generated", ("server",))
         self._requests = _metric("Counter", "factory_inference_requests", "Requests finished", ("server",))
+        self._preempted = _metric("Counter", "factory_inference_preempted", "Requests preempted by a higher class",
+                                  ("server",))
         self.version(0)
+
+    def preempted(self, n: int) -> None:
+        self._preempted.inc(n, tags=self.tags)
 
     def version(self, v: int) -> None:
         self._version.set(v, tags=self.tags)
@@ -63,6 +68,50 @@ class PoolMetrics:
 
     def servers(self, n: int) -> None:
         self._servers.set(n, tags=self.tags)
+
+
+class ClassMetrics:
+    """The inference service's workload classes (tag `workload`)."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        keys = ("experiment", "workload")
+        self._requests = _metric("Counter", "factory_inference_class_requests", "Requests served per workload class", keys)
+        self._tokens = _metric("Counter", "factory_inference_class_tokens", "Tokens generated per workload class", keys)
+        self._wait = _metric("Histogram", "factory_inference_class_wait_seconds", "Seconds a chunk waited for a server",
+                             keys, boundaries=[0.01, 0.1, 0.5, 1, 5, 30, 120])
+        self._queued = _metric("Gauge", "factory_inference_class_queued_seqs", "Sequences waiting per workload class", keys)
+
+    def _tags(self, workload: str) -> dict[str, str]:
+        return {"experiment": self.experiment, "workload": workload}
+
+    def waited(self, workload: str, seconds: float) -> None:
+        self._wait.observe(seconds, tags=self._tags(workload))
+
+    def served(self, workload: str, requests: int, tokens: int) -> None:
+        if requests:
+            self._requests.inc(requests, tags=self._tags(workload))
+        if tokens:
+            self._tokens.inc(tokens, tags=self._tags(workload))
+
+    def queued(self, workload: str, seqs: int) -> None:
+        self._queued.set(seqs, tags=self._tags(workload))
+
+
+class EvalMetrics:
+    """The Evaluator's scores per suite (tag `suite`), and regressions found."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        self._score = _metric("Gauge", "factory_eval_score", "Latest score per eval suite", ("experiment", "suite"))
+        self._regressions = _metric("Counter", "factory_eval_regressions", "Eval regressions found",
+                                    ("experiment", "suite"))
+
+    def scored(self, suite: str, score: float, regression: bool) -> None:
+        tags = {"experiment": self.experiment, "suite": suite}
+        self._score.set(score, tags=tags)
+        if regression:
+            self._regressions.inc(1, tags=tags)
 
 
 class SandboxMetrics:

@@ -44,14 +44,14 @@ def run(cfg: FactoryConfig, resume: bool = False) -> RunResult:
     saved, progress = resume_point(run_dir, resume)
     set_status(run_dir, "running")
     try:
-        stages = run_parts(cfg, model_path, run_dir, saved, progress)
+        stages, evaluated = run_parts(cfg, model_path, run_dir, saved, progress)
     except BaseException as exc:
         set_status(run_dir, "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed",
                    error=str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
         raise
     write_jsonl(run_dir / "samples.jsonl", progress.samples)
     print_samples(progress.samples)
-    result = RunResult(run_dir, progress.version, progress.samples, finish(cfg, run_dir, stages))
+    result = RunResult(run_dir, progress.version, progress.samples, finish(cfg, run_dir, stages, evaluated))
     set_status(run_dir, "finished")
     return result
 
@@ -73,8 +73,9 @@ def resume_point(run_dir: Path, resume: bool):
     return saved, saved.progress
 
 
-def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progress) -> list[dict]:
-    """Start the parts (restored from `saved` when resuming), run the stages, stop the parts."""
+def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progress) -> tuple[list[dict], list[int]]:
+    """Start the parts (restored from `saved` when resuming), run the stages, stop the parts. Returns
+    the stages and the versions handed to the Evaluator."""
     import ray
 
     from runtime.core.cluster import connect
@@ -95,7 +96,7 @@ def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progre
             try:
                 if saved:
                     restore(parts, saved)
-                return run_stages(cfg, parts, run_dir, tracker, progress)
+                return run_stages(cfg, parts, run_dir, tracker, progress), parts.evaluated
             finally:
                 parts.stop()
     finally:
@@ -171,9 +172,9 @@ def stage_row(stage: str, history: list[dict[str, Any]], started: float, pass_at
             "history": history}
 
 
-def finish(cfg: FactoryConfig, run_dir: Path, stages: list[dict[str, Any]]) -> dict[str, Any]:
-    """summary.json, plot.png and the table on stdout."""
-    from runtime.jobs.report import plot, table
+def finish(cfg: FactoryConfig, run_dir: Path, stages: list[dict[str, Any]], evaluated: list[int] = ()) -> dict[str, Any]:
+    """summary.json, plot.png and the table on stdout (with each eval suite's curve over versions)."""
+    from runtime.jobs.report import eval_curves, plot, table
 
     records = [row for s in stages for row in s["history"]]
     rows = [{k: v for k, v in s.items() if k != "history"} for s in stages]
@@ -183,10 +184,11 @@ def finish(cfg: FactoryConfig, run_dir: Path, stages: list[dict[str, Any]]) -> d
                "final_loss": stages[0]["history"][-1]["loss"] if stages[0]["history"] else None,
                "rl": {k: rl[-1][k] for k in ("groups_produced", "groups_used", "dropped_stale", "dropped_unused")}
                if rl else None,
-               "rl_reward_first_last": [rl[0]["reward"], rl[-1]["reward"]] if rl else None}
+               "rl_reward_first_last": [rl[0]["reward"], rl[-1]["reward"]] if rl else None,
+               "evals": eval_curves(run_dir, evaluated)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(records, rows, run_dir / "plot.png")
-    say(f"summary ({run_dir}):\n{table(rows)}")
+    say(f"summary ({run_dir}):\n{table(rows, summary['evals'])}")
     return summary
 
 

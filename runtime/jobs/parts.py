@@ -1,8 +1,9 @@
 """The parts of a running experiment, started together, supervised, and stopped together.
 
 `start` spawns each role named `<experiment>/<role>/<index>` (the Ray dashboard lists them):
-the pre-training blender, the task blender, the weight broadcaster, the inference pool, the
-trainer group and the sandbox pool. One Supervisor (runtime/supervision/) owns every actor
+the pre-training blender, the task blender, the weight broadcaster, the inference service (which
+owns the inference servers; every caller reaches them through an InferenceClient), the trainer
+group and the sandbox pool. One Supervisor (runtime/supervision/) owns every actor
 handle; the parts hold names and ask it for the current handle, so a replacement is used as
 soon as it is ready. If any part fails to start, the ones already started are stopped before
 the error goes on; `RunParts.stop` ends them all, blenders through their own shutdown() so
@@ -11,13 +12,14 @@ their SQLite stores close cleanly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtime.core.config import DataConfig, FactoryConfig
+from runtime.core.errors import FactoryError
+from runtime.core.inference_client import InferenceClient, service_name
 from runtime.jobs.task_stream import TaskStream
-from runtime.pools.inference_pool import InferencePool, server_names
 from runtime.pools.sandbox_pool import SandboxPool
 from runtime.pools.trainer_group import TrainerGroup
 from runtime.supervision.events import EventLog
@@ -36,7 +38,14 @@ class RunParts:
     """The RL task DataBlender's name."""
     broadcaster: str
     """The WeightBroadcaster's name."""
-    pool: InferencePool | None = None
+    service: str = ""
+    """The InferenceService's name."""
+    evaluator: str = ""
+    """The Evaluator's name."""
+    evaluated: list[int] = field(default_factory=list)
+    """Versions handed to the Evaluator during training."""
+    pool: InferenceClient | None = None
+    """The driver's client of the inference service."""
     trainers: TrainerGroup | None = None
     sandbox: SandboxPool | None = None
     task_stream: TaskStream | None = None
@@ -58,6 +67,31 @@ class RunParts:
     def handle(self, name: str) -> Any:
         return self.supervisor.handle(name)
 
+    def evaluate(self, version: int) -> None:
+        """Hand `version` to the Evaluator; it evaluates in the background while training goes on."""
+        from runtime.core.calls import wait
+
+        self.evaluated.append(version)
+        try:
+            wait(self.handle(self.evaluator).submit.remote(version), self.cfg.supervision.health_timeout_s,
+                 f"{self.evaluator}: submit v{version}")
+        except FactoryError:  # lost: the supervisor replaces it; the version is counted as missed at the end
+            self.supervisor.ensure(self.evaluator, f"evaluation of v{version}")
+
+    def eval_rows(self, wait_s: float = 0.0) -> list[dict[str, Any]]:
+        """The Evaluator's rows so far, after waiting up to `wait_s` for what it was handed."""
+        import time
+
+        from runtime.core.calls import wait
+
+        handle, deadline = self.handle(self.evaluator), time.monotonic() + wait_s
+        try:
+            while time.monotonic() < deadline and not wait(handle.idle.remote(), 10, f"{self.evaluator}: idle"):
+                time.sleep(0.5)
+            return wait(handle.results.remote(), 10, f"{self.evaluator}: results")
+        except FactoryError:
+            return []
+
     def stop(self) -> None:
         if self.faults is not None:
             self.faults.stop()
@@ -74,7 +108,8 @@ def start(cfg: FactoryConfig, model_path: Path, run_dir: Path, say=print, traine
     events = EventLog(run_dir, cfg.experiment.name, say=print)
     name = cfg.experiment.name
     parts = RunParts(cfg, Supervisor(cfg.supervision, events), events, actor_name(name, "blender", 0),
-                     actor_name(name, "tasks", 0), actor_name(name, "broadcaster", 0))
+                     actor_name(name, "tasks", 0), actor_name(name, "broadcaster", 0), service_name(name),
+                     actor_name(name, "evaluator", 0))
     try:
         _start(parts, model_path, run_dir, say, trainer_state)
     except BaseException:
@@ -84,16 +119,16 @@ def start(cfg: FactoryConfig, model_path: Path, run_dir: Path, say=print, traine
 
 
 def _start(parts: RunParts, model_path: Path, run_dir: Path, say, trainer_state: Any) -> None:
-    from actors.weight_broadcaster import latest_of
     from runtime.core.calls import setup_all
 
     cfg, sup = parts.cfg, parts.supervisor
-    for role in _roles(parts, model_path):
+    for role in _roles(parts, model_path, run_dir):
         sup.spawn(role)
-    names = [parts.blender, parts.tasks, parts.broadcaster]
+    names = [parts.blender, parts.tasks, parts.broadcaster, parts.service, parts.evaluator]
     setup_all({n: sup.handle(n) for n in names}, cfg.inference.setup_timeout_s, "inference.setup_timeout_s")
-    parts.pool = InferencePool(cfg, model_path, latest=latest_of(lambda: sup.handle(parts.broadcaster)),
-                               supervisor=sup).start()
+    parts.pool = InferenceClient(cfg.experiment.name, cfg.inference.request_timeout_s,
+                                 on_lost=lambda: sup.ensure(parts.service, "an inference call"))
+    sup.watch([parts.service, parts.evaluator], cfg.supervision.probe_interval_s * 5)
     say(f"inference servers ready: {', '.join(parts.pool.versions())}")
     if cfg.playground.enabled:
         from serve.playground import start as start_playground
@@ -105,19 +140,28 @@ def _start(parts: RunParts, model_path: Path, run_dir: Path, say, trainer_state:
     parts.faults = FaultInjector(cfg, lambda role, index: _resolve(parts, role, index), parts.events)
 
 
-def _roles(parts: RunParts, model_path: Path) -> list:
-    """The single actors of a run: both blenders (a replacement restores from its snapshots) and
-    the broadcaster (a replacement republishes the trainers' newest version)."""
+def _roles(parts: RunParts, model_path: Path, run_dir: Path) -> list:
+    """The single actors of a run: both blenders (a replacement restores from its snapshots), the
+    broadcaster (a replacement republishes the trainers' newest version) and the inference service
+    (a replacement starts its servers and loads the broadcaster's newest version)."""
     from actors.data_blender import DataBlender
     from actors.weight_broadcaster import WeightBroadcaster
     from runtime.core.calls import wait
     from runtime.supervision.role import Role
+    from actors.evaluator import Evaluator
+    from serve.inference_service import InferenceService
     from serve.weight_service import expose
 
     cfg, exp, place = parts.cfg, parts.cfg.experiment, parts.cfg.placement
 
     def restore(handle) -> None:
         wait(handle.setup.remote(True), cfg.inference.setup_timeout_s, "blender replacement: setup")
+
+    def set_up(handle) -> None:
+        wait(handle.setup.remote(), cfg.inference.setup_timeout_s, "evaluator replacement: setup")
+
+    def start_serving(handle) -> None:
+        wait(handle.setup.remote(), cfg.inference.setup_timeout_s, "inference service replacement: setup")
 
     def republish(handle) -> None:
         wait(handle.setup.remote(), cfg.inference.setup_timeout_s, "broadcaster replacement: setup")
@@ -129,9 +173,14 @@ def _roles(parts: RunParts, model_path: Path) -> list:
                      resources(getattr(place, role)), restore)
                 for role, name, data in (("blender", parts.blender, cfg.data), ("tasks", parts.tasks, task_data(cfg)))]
     broadcaster = Role("broadcaster", 0, parts.broadcaster, WeightBroadcaster,
-                       (cfg.weights, server_names(cfg), parts.broadcaster, expose if cfg.weights.grpc.enabled else None),
+                       (cfg.weights, [parts.service], parts.broadcaster, expose if cfg.weights.grpc.enabled else None),
                        {}, republish)
-    return [*blenders, broadcaster]
+    service = Role("service", 0, parts.service, InferenceService,
+                   (cfg, str(model_path), str(run_dir), parts.broadcaster, parts.service),
+                   resources(place.service), start_serving)
+    evaluator = Role("evaluator", 0, parts.evaluator, Evaluator, (cfg, str(run_dir), parts.evaluator),
+                     resources(place.evaluator), set_up)
+    return [*blenders, broadcaster, service, evaluator]
 
 
 def _resolve(parts: RunParts, role: str, index: int) -> Any:
@@ -139,10 +188,14 @@ def _resolve(parts: RunParts, role: str, index: int) -> Any:
     if role == "trainer":
         return parts.trainers.holder(index)
     if role == "inference":
-        return parts.pool.slots[index].handle
+        from runtime.core.calls import wait
+
+        return wait(parts.handle(parts.service).server.remote(index), parts.cfg.supervision.health_timeout_s,
+                    f"{parts.service}: server {index}")[0]
     if role == "sandbox":
         return parts.sandbox.workers[index].handle
-    return parts.handle({"blender": parts.blender, "tasks": parts.tasks, "broadcaster": parts.broadcaster}[role])
+    return parts.handle({"blender": parts.blender, "tasks": parts.tasks, "broadcaster": parts.broadcaster,
+                         "service": parts.service, "evaluator": parts.evaluator}[role])
 
 
 def task_data(cfg: FactoryConfig) -> DataConfig:

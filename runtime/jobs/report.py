@@ -8,14 +8,43 @@ from typing import Any
 COLUMNS = [("stage", "{}"), ("steps", "{}"), ("pass@1", "{:.3f}"), ("tokens/s", "{:.0f}"), ("wall s", "{:.1f}")]
 
 
-def table(stages: list[dict[str, Any]]) -> str:
-    """One row per stage: its steps, pass@1 after it, training tokens/s and wall time."""
+def eval_curves(run_dir: Path, handed: list[int] = ()) -> dict[str, Any]:
+    """From RUN_DIR/evals.jsonl: each suite's [version, score] over versions, the regressions found,
+    and the versions handed to the Evaluator that it never evaluated (`missed`)."""
+    import json
+
+    path = Path(run_dir) / "evals.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    curves: dict[str, list] = {}
+    for row in sorted(rows, key=lambda r: r["version"]):
+        curves.setdefault(row["suite"], []).append([row["version"], row["score"]])
+    regressions = [{"suite": r["suite"], "version": r["version"], "score": r["score"], **r["regression"]}
+                   for r in rows if "regression" in r]
+    asked = {r.get("asked") for r in rows}
+    return {"curves": curves, "regressions": regressions, "missed": [v for v in handed if v not in asked]}
+
+
+def curve_lines(evals: dict[str, Any]) -> list[str]:
+    """One line per eval suite: its score at each version evaluated, and its regressions."""
+    out = []
+    for suite, points in evals.get("curves", {}).items():
+        out.append(f"eval {suite}: " + ", ".join(f"v{v} {score:.3f}" for v, score in points))
+    out += [f"regression: {r['suite']} on v{r['version']} {r['score']:.3f}, best {r['best']:.3f} on v{r['best_version']}"
+            for r in evals.get("regressions", [])]
+    if evals.get("missed"):
+        out.append(f"not evaluated (evaluator lost): {', '.join(f'v{v}' for v in evals['missed'])}")
+    return out
+
+
+def table(stages: list[dict[str, Any]], evals: dict[str, Any] | None = None) -> str:
+    """One row per stage: its steps, pass@1 after it, training tokens/s and wall time; then the eval curves."""
     rows = [[fmt.format(value) if value is not None else "-" for (_, fmt), value in
              zip(COLUMNS, (s["stage"], s["steps"], s["pass_at_1"], s.get("tokens_per_s"), s["wall_s"]))]
             for s in stages]
     widths = [max(len(name), *(len(r[i]) for r in rows)) for i, (name, _) in enumerate(COLUMNS)]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line([name for name, _ in COLUMNS]), line(["-" * w for w in widths]), *map(line, rows)])
+    return "\n".join([line([name for name, _ in COLUMNS]), line(["-" * w for w in widths]), *map(line, rows),
+                      *curve_lines(evals or {})])
 
 
 def plot(records: list[dict[str, Any]], stages: list[dict[str, Any]], path: Path) -> Path:

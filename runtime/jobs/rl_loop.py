@@ -27,14 +27,13 @@ import torch
 
 from rl import procedural
 from rl.algorithms import PolicyGradient, policy_gradient
-from rl.rewards.code_tests import code_test_rewards
-from rl.rewards.exact_answer import exact_answer_reward
-from rl.tasks import AnswerTask, CodeTask
+from rl.scoring import score
 from runtime.core.config import FactoryConfig, SamplingConfig
 from runtime.core.errors import FactoryError
 from runtime.core.generation import GenerationRequest, GenerationResult, Workload
 from runtime.core.metrics import RLMetrics
 from runtime.jobs.task_stream import Task
+from runtime.pools.scheduling import class_rates
 
 if TYPE_CHECKING:
     from runtime.jobs.parts import RunParts
@@ -70,6 +69,7 @@ def run_rl(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[
     counts = progress.rl_counts if progress.step else {}
     loop = SyncRollouts(parts, cfg, counts) if cfg.rl.mode == "sync" else AsyncRollouts(parts, cfg, ray_metrics, counts)
     history, version = progress.history, progress.version
+    classes, logged = parts.pool.stats(), len(parts.eval_rows())
     try:
         with tqdm(range(progress.step, cfg.rl.steps), desc=f"rl ({cfg.rl.mode}, {algorithm.name})",
                   initial=progress.step, total=cfg.rl.steps) as bar:
@@ -78,8 +78,13 @@ def run_rl(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[
                 groups, waited = loop.take(version)
                 metrics = train_and_publish(parts, cfg, groups, version + 1, algorithm)
                 version += 1
-                history.append({"stage": "rl", **metrics, "step": step + 1, **loop.counts(), "wait_s": waited})
+                before, classes = classes, parts.pool.stats()
+                history.append({"stage": "rl", **metrics, "step": step + 1, **loop.counts(), "wait_s": waited,
+                                "inference": class_rates(before, classes)})
                 record(history[-1])
+                if cfg.eval.every and (step + 1) % cfg.eval.every == 0:
+                    parts.evaluate(version)
+                logged = log_evals(parts, record, step + 1, logged)
                 parts.step_done("rl", history, version=version, **loop.position())
                 ray_metrics.step(history[-1])
                 bar.set_postfix(reward=f"{metrics['reward']:.2f}", stale=history[-1]["dropped_stale"])
@@ -87,7 +92,17 @@ def run_rl(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[
         loop.stop()
     if history:
         history[-1].update(loop.counts())
+    log_evals(parts, record, len(history), logged, wait_s=cfg.eval.timeout_s if parts.evaluated else 0.0)
     return history, version
+
+
+def log_evals(parts: RunParts, record, step: int, logged: int, wait_s: float = 0.0) -> int:
+    """The Evaluator's new rows to the trackers at training step `step`; returns how many are logged."""
+    rows = parts.eval_rows(wait_s)
+    for row in rows[logged:]:
+        record({"stage": "evaluator", "step": step, **{k: v for k, v in row.items() if k != "regression"},
+                "regression": "regression" in row})
+    return max(logged, len(rows))
 
 
 def train_and_publish(parts: RunParts, cfg: FactoryConfig, groups: list[Group], version: int,
@@ -156,24 +171,6 @@ def request_seeds(cfg: FactoryConfig, step: int, count: int) -> list[int | None]
         return [None] * count
     return [(zlib.crc32(f"{cfg.experiment.seed}/{step}".encode()) % 2**20 * 1024 + task * 1024) % 2**31
             for task in range(count)]
-
-
-def score(sandbox, tasks: list[Task], results: list[GenerationResult]) -> tuple[torch.Tensor, list[list[str]]]:
-    """[tasks, n] rewards and each completion's status. A completion is scored by its first line.
-    Code tasks: 1.0 when it passes every test, in the sandbox pool (one execution per completion,
-    judged outside). Answer tasks: the exact-answer reward (status `exact`)."""
-    pairs = [(t, c.text.split("\n", 1)[0]) for t, r in zip(tasks, results) for c in r.completions]
-    scored: list[tuple[float, str]] = [(0.0, "")] * len(pairs)
-    code = [i for i, (t, _) in enumerate(pairs) if isinstance(t, CodeTask)]
-    tested = code_test_rewards(sandbox, [pairs[i][0] for i in code], [pairs[i][1] for i in code])
-    for i, reward in zip(code, tested):
-        scored[i] = (float(reward.passed), reward.status)
-    for i, (task, completion) in enumerate(pairs):
-        if isinstance(task, AnswerTask):
-            scored[i] = (exact_answer_reward(completion, task.answer), "exact")
-    n = len(pairs) // max(1, len(tasks))
-    statuses = [[st for _, st in scored[i * n : (i + 1) * n]] for i in range(len(tasks))]
-    return torch.tensor([r for r, _ in scored]).view(len(tasks), -1), statuses
 
 
 def pass_at_1(parts: RunParts, cfg: FactoryConfig) -> float:

@@ -26,8 +26,7 @@ class Tracker:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         self.lines += 1
-        scalars = {f"{record['stage']}/{k}": float(v) for k, v in record.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        scalars = scalars_of({k: v for k, v in record.items() if k != "step"}, record["stage"])
         for sink in self.sinks:
             sink.log(scalars, int(record.get("step", 0)))
 
@@ -35,6 +34,17 @@ class Tracker:
         self.jsonl.close()
         for sink in self.sinks:
             sink.close()
+
+
+def scalars_of(record: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Every number of `record`, nested dicts included (`rl/inference/eval/tokens_per_s`)."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(scalars_of(value, f"{prefix}/{key}"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}/{key}"] = float(value)
+    return out
 
 
 def make_sink(kind: str, run_dir: Path, experiment: str):

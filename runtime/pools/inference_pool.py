@@ -18,12 +18,14 @@ Contract:
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from runtime.core.calls import await_setup
 from runtime.core.errors import CallTimeout, InferenceTimeout, PeerLost, InferenceUnavailable, StaleVersionError
 from runtime.core.generation import GenerationRequest, GenerationResult
 from runtime.core.metrics import PoolMetrics
+from runtime.pools.scheduling import ClassStats, Scheduler, Ticket
 from runtime.supervision.role import Role
 from runtime.supervision.supervisor import Supervisor, standalone
 
@@ -58,15 +61,14 @@ class Slot:
     handle: Any = None
     ready: bool = False
     load: int = 0
+    """Sequences in flight on it."""
+    loads: collections.Counter = field(default_factory=collections.Counter)
+    """Sequences in flight on it per priority."""
     generation: int = 0
-
-
-@dataclass
-class Chunk:
-    requests: list[GenerationRequest]
-    slot: Slot
-    generation: int
-    attempts: int = 1
+    version: int | None = 0
+    """The version it serves; None while it loads one."""
+    held_back: bool = False
+    """Kept on its version for pinned calls while newer versions are published."""
 
 
 class InferencePool:
@@ -83,8 +85,13 @@ class InferencePool:
         ]
         self.counts = {"retried": 0, "replaced": 0}
         self.metrics = PoolMetrics(cfg.experiment.name)
+        self.scheduler = Scheduler(cfg.inference.classes, cfg.inference.max_num_seqs, exclusive=cfg.inference.preempt)
+        self.class_stats = ClassStats(cfg.experiment.name, list(cfg.inference.classes))
         self._weights: tuple[int, Any] | None = None
         self._external_latest = latest
+        self._pins: collections.Counter[int] = collections.Counter()
+        """Calls in progress pinned to each version."""
+        self._chunk_threads = ThreadPoolExecutor(512, thread_name_prefix="chunk")
         self._cv = threading.Condition()
 
     # ---- lifecycle -------------------------------------------------------
@@ -103,48 +110,98 @@ class InferencePool:
         with self._cv:
             for slot in self.slots:
                 slot.ready, slot.handle = False, None
+        self._chunk_threads.shutdown(wait=False, cancel_futures=True)
         for slot in self.slots:
             self.supervisor.drop(slot.name)
 
     # ---- requests --------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerationRequest], timeout: float | None = None) -> list[GenerationResult]:
-        """One result per request, in order; see the module docstring for retries and timeouts."""
+    def generate(self, requests: Sequence[GenerationRequest], timeout: float | None = None,
+                 version: int | None = None, pin: bool = False) -> list[GenerationResult]:
+        """One result per request, in order. The requests share one workload class (the first's);
+        `version` pins the call to a version, `pin` to the newest one now (an eval finishes on the
+        version it started with); otherwise each chunk takes the newest. See the module docstring for
+        retries and timeouts, and runtime/pools/scheduling.py for who goes first."""
+        requests = list(requests)
         ids = [r.id for r in requests]
         if len(set(ids)) != len(ids):
             raise ValueError("request ids must be unique within one generate() call")
+        if not requests:
+            return []
+        workload = requests[0].workload.key
         timeout = timeout or self.cfg.inference.request_timeout_s
         deadline = time.monotonic() + timeout
-        results: dict[str, GenerationResult] = {}
-        inflight = {self._send(chunk): chunk for chunk in self._chunks(list(requests), deadline)}
+        pinned = self._pin(version, pin)
         try:
-            while inflight:
-                done, _ = ray.wait(list(inflight), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-                if not done:
-                    deadline = self._on_deadline(inflight, timeout)
-                    continue
-                chunk = inflight.pop(done[0])
-                self._collect(done[0], chunk, inflight, results, deadline)
+            futures = [self._chunk_threads.submit(self._run_chunk, chunk, workload, pinned, deadline, timeout)
+                       for chunk in self._chunks(requests, workload)]
+            results = {r.request_id: r for future in futures for r in future.result()}
         finally:
-            for chunk in inflight.values():
-                self._release(chunk)
+            self._unpin(pinned)
         return [results[i] for i in ids]
 
-    def load_weights(self, version: int, weights_ref: Any) -> dict[str, int]:
-        """Every ready server reloads `version` in place from one object-store copy."""
+    def stream(self, request: GenerationRequest, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """InferenceServer.generate_stream on a server the scheduler gives the request's class; a
+        server lost before the first delta is replaced and the request re-sent to a peer."""
+        timeout = timeout or self.cfg.inference.request_timeout_s
+        deadline = time.monotonic() + timeout
+        request.priority = self.cfg.inference.classes[request.workload.key].priority
+        for _ in range(self.cfg.inference.max_attempts):
+            ticket, sent, final = self._acquire(request.workload.key, request.sampling.n, None, deadline), False, None
+            try:
+                for ref in ticket.slot.handle.generate_stream.options(num_returns="streaming").remote(request):
+                    item = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                    sent, final = True, item.get("result")
+                    yield item
+                return
+            except SERVER_LOST:
+                self._lost(ticket.slot, ticket.generation)
+                if sent:
+                    raise InferenceUnavailable(f"{ticket.slot.name} was lost while streaming request {request.id}") from None
+            except GetTimeoutError:
+                raise InferenceTimeout(f"request {request.id}: no delta within {timeout}s") from None
+            finally:
+                self._release(ticket, {"results": [final], "preempted": []} if final is not None else None)
+        raise InferenceUnavailable(f"request {request.id} failed on {self.cfg.inference.max_attempts} servers")
+
+    def stats(self) -> dict[str, Any]:
+        """Per workload class: requests, sequences and tokens served, seconds waited, sequence-seconds
+        held on servers, and what waits now; with the capacity (sequences) and the time."""
         with self._cv:
+            return self.class_stats.snapshot(self.scheduler, self._capacity())
+
+    def load_weights(self, version: int, weights_ref: Any) -> dict[str, int]:
+        """Every ready server reloads `version` in place from one object-store copy, except servers
+        holding calls pinned to their version: those follow once the calls end (at least one server
+        always takes it now). Nothing is sent to a server while it loads."""
+        with self._cv:
+            if self._weights is not None and version < self._weights[0]:
+                raise StaleVersionError(f"refusing version {version}: version {self._weights[0]} is published")
             self._weights = (version, weights_ref)
-            targets = [(s, s.generation, s.handle) for s in self.slots if s.ready]
-        calls = {s.handle.load_weights.remote(version, weights_ref): (s, g) for s, g, _ in targets}
+            targets = [s for s in self.slots if s.ready and s.version is not None and not s.held_back]
+            held = [s for s in targets if self._pins[s.version] > 0]
+            if held and len(held) == len(targets):
+                held.remove(min(held, key=lambda s: s.load))
+            loading = [(s, s.generation) for s in targets if s not in held]
+            for slot in held:
+                slot.held_back = True
+            for slot, _ in loading:
+                slot.version = None
+        calls = {slot.handle.load_weights.remote(version, weights_ref): (slot, g) for slot, g in loading}
         timeout = self.cfg.inference.request_timeout_s
         for ref, (slot, generation) in calls.items():
             try:
-                ray.get(ref, timeout=timeout)
+                self._serving(slot, generation, ray.get(ref, timeout=timeout))
             except SERVER_LOST:
                 self._lost(slot, generation)
             except GetTimeoutError:
                 raise InferenceTimeout(f"{slot.name} did not load version {version} within {timeout}s") from None
         return self.versions()
+
+    def newest(self) -> int:
+        """The newest version published through the pool (0 before any)."""
+        with self._cv:
+            return self._newest_version()
 
     def versions(self) -> dict[str, int]:
         """Weight version of every ready server."""
@@ -164,63 +221,108 @@ class InferencePool:
 
     # ---- routing ---------------------------------------------------------
 
-    def _chunks(self, requests: list[GenerationRequest], deadline: float) -> list[Chunk]:
-        if not requests:
-            return []
+    def _chunks(self, requests: list[GenerationRequest], workload: str) -> list[list[GenerationRequest]]:
+        """About two chunks per ready server, at most `inference.chunk_requests` requests each."""
         parts = 2 * max(1, sum(s.ready for s in self.slots))
-        size = math.ceil(len(requests) / parts)
-        return [Chunk(requests[i : i + size], *self._pick(deadline, size)) for i in range(0, len(requests), size)]
+        size = min(math.ceil(len(requests) / parts), self.cfg.inference.chunk_requests)
+        priority = self.cfg.inference.classes[workload].priority
+        for r in requests:
+            r.priority = priority
+        return [requests[i : i + size] for i in range(0, len(requests), size)]
 
-    def _pick(self, deadline: float, load: int) -> tuple[Slot, int]:
-        """The ready server with the least outstanding work; waits for a replacement if none is ready."""
+    def _run_chunk(self, requests: list[GenerationRequest], workload: str, pinned: int | None,
+                   deadline: float, timeout: float) -> list[GenerationResult]:
+        """Wait for a server (the scheduler's turn), send, collect; re-send to a peer what a lost
+        server held, and later what a higher class preempted."""
+        done: list[GenerationResult] = []
+        attempts = 0
+        while requests:
+            ticket = self._acquire(workload, sum(r.sampling.n for r in requests), pinned, deadline)
+            answer = None
+            try:
+                answer = self._await(ticket, requests, deadline)
+            finally:
+                self._release(ticket, answer)
+            if answer is None:
+                attempts += 1
+                if attempts >= self.cfg.inference.max_attempts:
+                    raise InferenceUnavailable(f"{len(requests)} requests failed on {attempts} servers "
+                                               "(inference.max_attempts)")
+                self.counts["retried"] += len(requests)
+                self.metrics.retried(len(requests))
+                deadline = max(deadline, time.monotonic() + timeout / 2)  # a lost server's wait is not the chunk's
+                continue
+            done += answer["results"]
+            preempted = set(answer["preempted"])
+            requests = [r for r in requests if r.id in preempted]
+        return done
+
+    def _acquire(self, workload: str, seqs: int, pinned: int | None, deadline: float) -> Ticket:
         with self._cv:
-            while not any(s.ready for s in self.slots):
-                if not self._cv.wait(timeout=max(0.0, deadline - time.monotonic())):
-                    raise InferenceUnavailable("no inference server is ready; replacements did not come up in time")
-            slot = min((s for s in self.slots if s.ready), key=lambda s: s.load)
-            slot.load += load
-            return slot, slot.generation
+            ticket = self.scheduler.enqueue(workload, seqs, pinned)
+            while True:
+                if self.scheduler.grant(self.slots, self._newest_version()):
+                    self._cv.notify_all()
+                if ticket.error is not None:
+                    raise ticket.error
+                if ticket.slot is not None:
+                    self.class_stats.granted(ticket)
+                    return ticket
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.scheduler.withdraw(ticket)
+                    if not any(s.ready for s in self.slots):
+                        raise InferenceUnavailable("no inference server is ready; replacements did not come up in time")
+                    raise InferenceTimeout(f"a {workload} chunk waited {time.monotonic() - ticket.queued_at:.0f}s "
+                                           "for room behind other classes (inference.request_timeout_s, inference.classes)")
+                self._cv.wait(timeout=remaining)
 
-    def _send(self, chunk: Chunk) -> Any:
-        return chunk.slot.handle.generate.remote(chunk.requests)
-
-    def _collect(self, ref, chunk: Chunk, inflight: dict, results: dict, deadline: float) -> None:
-        self._release(chunk)
+    def _await(self, ticket: Ticket, requests: list[GenerationRequest], deadline: float) -> dict[str, Any] | None:
+        """The server's answer ({results, preempted}), or None when it was lost or hung (it is then replaced)."""
+        slot = ticket.slot
         try:
-            for result in ray.get(ref, timeout=self.cfg.inference.health_timeout_s):
-                results[result.request_id] = result
+            if not self.cfg.inference.preempt:
+                results = ray.get(slot.handle.generate.remote(requests), timeout=max(0.0, deadline - time.monotonic()))
+                return {"results": results, "preempted": []}
+            return ray.get(slot.handle.generate_chunk.remote(requests), timeout=max(0.0, deadline - time.monotonic()))
         except SERVER_LOST:
-            self._lost(chunk.slot, chunk.generation)
-            self._retry(chunk, inflight, deadline)
+            self._lost(slot, ticket.generation)
+            return None
+        except GetTimeoutError:
+            if self._answers(slot):
+                raise InferenceTimeout(f"{len(requests)} requests unfinished on {slot.name} by their deadline; "
+                                       "it answers health probes (raise inference.request_timeout_s?)") from None
+            log.warning("%s did not answer a health probe; treating it as hung", slot.name)
+            ray.kill(slot.handle)
+            self._lost(slot, ticket.generation)
+            return None
 
-    def _retry(self, chunk: Chunk, inflight: dict, deadline: float) -> None:
-        if chunk.attempts >= self.cfg.inference.max_attempts:
-            raise InferenceUnavailable(
-                f"{len(chunk.requests)} requests failed on {chunk.attempts} servers (inference.max_attempts)"
-            )
-        slot, generation = self._pick(deadline, len(chunk.requests))
-        retry = Chunk(chunk.requests, slot, generation, chunk.attempts + 1)
-        self.counts["retried"] += len(chunk.requests)
-        self.metrics.retried(len(chunk.requests))
-        inflight[self._send(retry)] = retry
-
-    def _release(self, chunk: Chunk) -> None:
+    def _release(self, ticket: Ticket, answer: dict[str, Any] | None) -> None:
         with self._cv:
-            if chunk.slot.generation == chunk.generation:
-                chunk.slot.load -= len(chunk.requests)
+            self.scheduler.done(ticket)
+            self.class_stats.finished(ticket, answer)
+            self._cv.notify_all()
 
-    def _on_deadline(self, inflight: dict, timeout: float) -> float:
-        """Kill and replace servers that do not answer a health probe; otherwise time out."""
-        hung = {id(c.slot): c for c in inflight.values() if not self._answers(c.slot)}
-        if not hung:
-            raise InferenceTimeout(
-                f"{sum(len(c.requests) for c in inflight.values())} requests unfinished after {timeout}s; "
-                "their servers answer health probes (raise inference.request_timeout_s?)"
-            )
-        for chunk in hung.values():
-            log.warning("%s did not answer a health probe; treating it as hung", chunk.slot.name)
-            ray.kill(chunk.slot.handle)
-        return time.monotonic() + timeout
+    def _pin(self, version: int | None, pin: bool) -> int | None:
+        """The version a call is pinned to (None: each chunk takes the newest), held until _unpin."""
+        with self._cv:
+            if version is None and pin:
+                version = max((s.version for s in self.slots if s.ready and s.version is not None), default=0)
+            if version is not None:
+                self._pins[version] += 1
+            return version
+
+    def _unpin(self, version: int | None) -> None:
+        """A pinned call ended: servers held back on its version take the newest once no call needs it."""
+        if version is None:
+            return
+        with self._cv:
+            self._pins[version] -= 1
+            behind = [s for s in self.slots if s.held_back and s.version == version] if not self._pins[version] else []
+            for slot in behind:
+                slot.held_back = False
+        for slot in behind:
+            threading.Thread(target=self._advance, args=(slot,), name=f"advance-{slot.name}", daemon=True).start()
 
     def _answers(self, slot: Slot) -> bool:
         try:
@@ -237,7 +339,8 @@ class InferencePool:
             if slot.generation != generation:
                 return
             slot.generation += 1
-            slot.ready, slot.load = False, 0
+            slot.ready, slot.load, slot.version, slot.held_back = False, 0, None, False
+            slot.loads.clear()
             old = slot.handle
             self.metrics.servers(sum(s.ready for s in self.slots))
         log.warning("inference server %s lost; replacing it", slot.name)
@@ -276,6 +379,7 @@ class InferencePool:
             with self._cv:
                 if (external if self._external_latest else self._weights) == weights:
                     slot.ready = True
+                    slot.version = self._newest_version() if self._weights is not None else 0
                     self.metrics.servers(sum(s.ready for s in self.slots))
                     self._cv.notify_all()
                     return
@@ -297,6 +401,41 @@ class InferencePool:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def _advance(self, slot: Slot) -> None:
+        """A server held back for pinned calls takes the newest version (and any published meanwhile)."""
+        with self._cv:
+            generation, slot.version = slot.generation, None
+        while True:
+            weights = self._newest()
+            try:
+                version = ray.get(slot.handle.load_weights.remote(*weights), timeout=self.cfg.inference.request_timeout_s)
+            except SERVER_LOST:
+                self._lost(slot, generation)
+                return
+            except GetTimeoutError:
+                log.warning("%s did not load version %s in time; it is replaced", slot.name, weights[0])
+                ray.kill(slot.handle)
+                self._lost(slot, generation)
+                return
+            with self._cv:
+                if self._newest_version() == version:
+                    self._serving(slot, generation, version)
+                    return
+
+    def _serving(self, slot: Slot, generation: int, version: int) -> None:
+        with self._cv:
+            if slot.generation == generation:
+                slot.version = version
+            self._cv.notify_all()
+
+    def _capacity(self) -> int:
+        return self.cfg.inference.max_num_seqs * sum(s.ready for s in self.slots)
+
+    def _newest_version(self) -> int:
+        if self._weights is not None:
+            return self._weights[0]
+        return max((s.version for s in self.slots if s.ready and s.version is not None), default=0)
 
     def _spawn(self, slot: Slot) -> Any:
         place = self.cfg.placement.inference

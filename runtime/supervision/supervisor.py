@@ -32,6 +32,7 @@ class Supervisor:
         self.handles: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # ---- owning handles --------------------------------------------------
 
@@ -80,6 +81,21 @@ class Supervisor:
                 return False
             self.replace(name, status, at)
             return True
+
+    def watch(self, names: list[str], every_s: float) -> None:
+        """Probe `names` every `every_s` in the background and replace one found dead or hung: for
+        actors other processes call (the inference service), whose callers cannot ask this supervisor."""
+        def loop() -> None:
+            while not self._stopping.wait(every_s):
+                for name in names:
+                    try:
+                        self.ensure(name, "a health watch")
+                    except KeyError:  # stopped, or no longer owned
+                        return
+                    except Exception as exc:  # the watch is a boundary: the next call meets the fault too
+                        self.events.say(f"[factory] watching {name}: {exc}")
+
+        threading.Thread(target=loop, name="supervisor-watch", daemon=True).start()
 
     # ---- replacing -------------------------------------------------------
 
@@ -138,6 +154,7 @@ class Supervisor:
         """shutdown() every actor still registered (bounded), then kill it."""
         import ray
 
+        self._stopping.set()
         with self._lock:
             handles = dict(self.handles)
             self.handles.clear()

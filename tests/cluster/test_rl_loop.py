@@ -41,7 +41,10 @@ def test_async_mode_bounds_staleness_and_counts_what_it_drops(actors):
     assert final["dropped_stale"] > 0
     assert final["groups_produced"] == final["groups_used"] + final["dropped_stale"] + final["dropped_unused"]
     assert final["groups_used"] == cfg.rl.steps * cfg.rl.prompts_per_step
-    assert records == history
+    assert [r for r in records if r["stage"] == "rl"] == history
+    # the Evaluator (eval.every=5) evaluated version 5 beside training; the stage waited for it at the end
+    assert [(r["version"], r["suite"], r["step"]) for r in records if r["stage"] == "evaluator"] == [(5, "held-out", 5)]
+    assert all("rollout" in h["inference"] for h in history)
 
 
 def test_async_with_room_for_staleness_trains_on_older_versions_it_allows(actors):

@@ -9,7 +9,7 @@ from rl.procedural import task_record
 from rl.tasks import AnswerTask, CodeTask, TaskFileError, parse_line
 from runtime.data.corpus import arithmetic_task
 from runtime.core.generation import Completion, GenerationResult
-from runtime.jobs.rl_loop import score
+from rl.scoring import score
 from runtime.jobs.sft_loop import reference
 
 

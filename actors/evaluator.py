@@ -1,0 +1,152 @@
+"""Evaluator: runs eval suites on weight versions while training goes on.
+
+A plain class; the run makes it a threaded Ray actor. `submit(version)` returns at once: a
+thread of its own evaluates every suite of `eval.suites` on that version, pinned to it (the whole
+suite is answered by that one version, even if training publishes newer ones meanwhile), under
+the eval workload class of the shared inference service, so rollouts go first and the evals use
+the capacity they leave. Code tasks are judged by their tests in the run's sandbox workers,
+answer tasks by the exact answer.
+
+Each result is a row of RUN_DIR/evals.jsonl keyed by (version, suite), a Ray metric, and a line on
+the console; a suite more than `eval.regression` below its best so far is a regression, reported
+in the row, on the console, as a metric, and in the run's summary. A replacement reads evals.jsonl back, so its best
+scores survive it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from ray import method
+
+from rl import procedural
+from rl.scoring import score
+from runtime.core.cluster import HEALTH_GROUP, actor_name
+from runtime.core.config import EvalSuite, FactoryConfig, SamplingConfig
+from runtime.core.errors import StaleVersionError
+from runtime.core.generation import GenerationRequest, Workload
+from runtime.core.inference_client import InferenceClient
+from runtime.core.metrics import EvalMetrics
+from runtime.sandbox.workers import WorkerRunner
+
+
+STOP = object()
+
+
+class Evaluator:
+    def __init__(self, cfg: FactoryConfig, run_dir: str | Path | None, name: str = "evaluator"):
+        self.cfg, self.name = cfg, name
+        self.path = Path(run_dir) / "evals.jsonl" if run_dir else None
+        self.rows: list[dict[str, Any]] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    def setup(self) -> dict[str, Any]:
+        """Load every suite's tasks (a missing file fails here, before any version is evaluated)."""
+        cfg = self.cfg
+        self.tasks = {s.name: suite_tasks(s, cfg.experiment.seed) for s in cfg.eval.suites}
+        self.client = InferenceClient(cfg.experiment.name, cfg.eval.timeout_s)
+        names = [actor_name(cfg.experiment.name, "sandbox", i) for i in range(cfg.placement.sandbox.replicas)]
+        self.runner = WorkerRunner(names, cfg.sandbox.timeout_s * 4)
+        self.metrics = EvalMetrics(cfg.experiment.name)
+        if self.path is not None and self.path.is_file():
+            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        threading.Thread(target=self._work, name="evaluations", daemon=True).start()
+        return {"name": self.name, "suites": {k: len(v) for k, v in self.tasks.items()}}
+
+    def submit(self, version: int | None = None) -> None:
+        """Evaluate every suite on `version` (None: the newest when it starts), in the background."""
+        with self._lock:
+            self._busy += 1
+        self._queue.put(version)
+
+    def evaluate(self, version: int | None = None, suites: list[str] | None = None) -> list[dict[str, Any]]:
+        """Evaluate now and answer the rows (on demand: `factory eval`, the Python client)."""
+        return [self._suite(name, version) for name in (suites or list(self.tasks))]
+
+    def results(self, since: int = 0) -> list[dict[str, Any]]:
+        """Rows from the `since`-th on."""
+        with self._lock:
+            return self.rows[since:]
+
+    def idle(self) -> bool:
+        """True when nothing submitted is waiting or running."""
+        with self._lock:
+            return self._busy == 0
+
+    @method(concurrency_group=HEALTH_GROUP)
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            return {"name": self.name, "pid": os.getpid(), "busy": self._busy, "rows": len(self.rows)}
+
+    def shutdown(self) -> None:
+        self._queue.put(STOP)
+
+    def _work(self) -> None:
+        while (version := self._queue.get()) is not STOP:
+            try:
+                for name in self.tasks:
+                    self._suite(name, version)
+            except Exception as exc:  # the thread is a boundary: reported, counted as missed in the summary
+                print(f"[factory] evaluation of v{version} failed: {exc}", flush=True)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+    def _suite(self, name: str, version: int | None) -> dict[str, Any]:
+        suite = next(s for s in self.cfg.eval.suites if s.name == name)
+        tasks, started = self.tasks[name], time.perf_counter()
+        requests = [GenerationRequest(prompt=t.prompt, workload=Workload.EVAL, sampling=SamplingConfig(
+            n=suite.samples, temperature=suite.temperature, max_tokens=suite.max_tokens, stop=["\n"],
+            seed=zlib.crc32(f"{name}/{i}".encode()) % 2**20 * 1024)) for i, t in enumerate(tasks)]
+        try:
+            results = self.client.generate(requests, version=version, pin=version is None)
+        except StaleVersionError:  # a newer version came before this one was started: evaluate that
+            results = self.client.generate(requests, pin=True)
+        rewards, statuses = score(self.runner, tasks, results)
+        row = {"version": results[0].version, "asked": version, "suite": name, "score": rewards.mean().item(), "tasks": len(tasks),
+               "samples": suite.samples, "seconds": round(time.perf_counter() - started, 3),
+               "sandbox_errors": sum(st.count("sandbox_error") for st in statuses)}
+        self._record(row)
+        return row
+
+    def _record(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            earlier = [r for r in self.rows if r["suite"] == row["suite"]]
+            best = max(earlier, key=lambda r: r["score"], default=None)
+            if best is not None and best["score"] - row["score"] > self.cfg.eval.regression:
+                row["regression"] = {"best": best["score"], "best_version": best["version"]}
+            self.rows.append(row)
+            if self.path is not None:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+        self.metrics.scored(row["suite"], row["score"], "regression" in row)
+        message = f"eval {row['suite']} on v{row['version']}: {row['score']:.3f}"
+        if "regression" in row:
+            message = (f"regression: {message}, down from {best['score']:.3f} on v{best['version']} "
+                       f"(more than eval.regression={self.cfg.eval.regression})")
+        print(f"[factory] {message}", flush=True)
+
+
+def suite_tasks(suite: EvalSuite, seed: int) -> list:
+    """The suite's tasks: held-out procedural ones (drawn apart from the training stream) or a file's first ones."""
+    if suite.type == "procedural":
+        return procedural.tasks(seed, suite.tasks, prefix=f"eval-{suite.name}")
+    from rl.tasks import parse_line
+
+    rows = []
+    with open(suite.path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                rows.append(parse_line(line, f"{suite.path}:{number}"))
+            if len(rows) == suite.tasks:
+                break
+    return rows
