@@ -68,9 +68,11 @@ class Evaluator:
             self._busy += 1
         self._queue.put(version)
 
-    def evaluate(self, version: int | None = None, suites: list[str] | None = None) -> list[dict[str, Any]]:
-        """Evaluate now and answer the rows (on demand: `factory eval`, the Python client)."""
-        return [self._suite(name, version) for name in (suites or list(self.tasks))]
+    def evaluate(self, version: int | None = None, suites: list[str] | None = None,
+                 fields: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Evaluate now and answer the rows (on demand: `factory eval`, the Python client); `fields`
+        go into each row before it is recorded (`factory eval` names the saved version it served)."""
+        return [self._suite(name, version, fields or {}) for name in (suites or list(self.tasks))]
 
     def results(self, since: int = 0) -> list[dict[str, Any]]:
         """Rows from the `since`-th on."""
@@ -101,7 +103,7 @@ class Evaluator:
                 with self._lock:
                     self._busy -= 1
 
-    def _suite(self, name: str, version: int | None) -> dict[str, Any]:
+    def _suite(self, name: str, version: int | None, fields: dict[str, Any] | None = None) -> dict[str, Any]:
         suite = next(s for s in self.cfg.eval.suites if s.name == name)
         tasks, started = self.tasks[name], time.perf_counter()
         requests = [GenerationRequest(prompt=t.prompt, workload=Workload.EVAL, sampling=SamplingConfig(
@@ -114,7 +116,7 @@ class Evaluator:
         rewards, statuses = score(self.runner, tasks, results)
         row = {"version": results[0].version, "asked": version, "suite": name, "score": rewards.mean().item(), "tasks": len(tasks),
                "samples": suite.samples, "seconds": round(time.perf_counter() - started, 3),
-               "sandbox_errors": sum(st.count("sandbox_error") for st in statuses)}
+               "sandbox_errors": sum(st.count("sandbox_error") for st in statuses), **(fields or {})}
         self._record(row)
         return row
 

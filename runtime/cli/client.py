@@ -38,6 +38,14 @@ class FactoryClient:
         return driver.run(cfg)
 
     @staticmethod
+    def evaluate(target: str, suites: list[str] | None = None, overrides: list[str] = (),
+                 version: int | None = None) -> list[dict]:
+        """`factory eval`: eval suites on a run's saved version (the newest by default) or an HF model directory."""
+        from runtime.jobs.evaluation import evaluate
+
+        return evaluate(str(target), suites, list(overrides), version)
+
+    @staticmethod
     def resume_config(run_dir: str | os.PathLike, overrides: list[str] = ()) -> FactoryConfig:
         """The config a run was started with (RUN_DIR/config.yaml), with `overrides` on top."""
         from pathlib import Path

@@ -68,6 +68,11 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-tokens", type=int, default=None)
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("-n", type=int, default=1, help="completions")
+    ev = _command(sub, "eval", cmd_eval, "run eval suites on a run's saved version or any HF model directory")
+    ev.add_argument("target", metavar="RUN_DIR|MODEL")
+    ev.add_argument("overrides", nargs="*", metavar="section.field=value")
+    ev.add_argument("--suite", action="append", default=None, help="a suite of eval.suites (repeatable; default: all)")
+    ev.add_argument("--version", type=int, default=None, help="the saved version N of a run (default: the newest)")
     cfg = _command(sub, "config", cmd_config, "print the resolved config")
     _recipe_args(cfg)
     srv = _command(sub, "serve", cmd_serve, "open the playground for a run directory or any HF checkpoint")
@@ -189,6 +194,21 @@ def cmd_generate(args) -> int:
     cfg = load_config(None if as_model else args.target, ([f"model.path={args.target}"] if as_model else []) + args.overrides)
     for text in generate(cfg, args.prompt, n=args.n, max_tokens=args.max_tokens, temperature=args.temperature):
         print(text)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from runtime.jobs.evaluation import evaluate
+
+    rows = evaluate(args.target, args.suite, args.overrides, args.version)
+    for row in rows:
+        regression = f"; regression from {row['regression']['best']:.3f} on v{row['regression']['best_version']}" \
+            if "regression" in row else ""
+        print(f"{row['suite']}: {row['score']:.3f} on v{row['version']} ({row['tasks']} tasks x {row['samples']} samples, "
+              f"{row['seconds']:.1f} s{regression})")
+    print(json.dumps(rows))
     return 0
 
 

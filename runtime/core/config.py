@@ -113,7 +113,11 @@ class RolePlacement(Section):
 
 class InferencePlacement(RolePlacement):
     replicas: int = Field(2, ge=0)
-    """How many InferenceServer actors run."""
+    """How many InferenceServer actors the service starts with."""
+    min_replicas: int | None = Field(None, ge=1)
+    """The fewest servers the service shrinks to when idle (inference.autoscale). Default: `replicas`."""
+    max_replicas: int | None = Field(None, ge=1)
+    """The most servers the service grows to while requests wait (inference.autoscale). Default: `replicas`."""
     max_concurrency: int = Field(64, ge=1)
     """Calls one server serves at once: generate() calls from every caller, and health() beside them."""
 
@@ -231,6 +235,18 @@ class WorkloadClass(Section):
     With no other class there, a class may use all of it (idle capacity is lent)."""
 
 
+class AutoscaleConfig(Section):
+    """How the inference service grows and shrinks between placement.inference.min_replicas and
+    max_replicas, following its queue (runtime/pools/scheduling.py's Autoscaler)."""
+
+    up_after_s: float = Field(2.0, gt=0)
+    """Add a server when some request has waited this long for room (and the service is below max)."""
+    down_after_s: float = Field(30.0, gt=0)
+    """Remove a server when nothing has waited and the others could have held all the work for this long."""
+    interval_s: float = Field(0.5, gt=0)
+    """How often the service looks."""
+
+
 class InferenceConfig(Section):
     engine: Literal["vllm"] = "vllm"
     """Inference engine behind every InferenceServer."""
@@ -271,6 +287,8 @@ class InferenceConfig(Section):
     it arrives (they are sent again later, same seeds) and no lower-class chunk goes there while it
     has work. Right where compute is the bottleneck (CPU engines, a saturated GPU); off, lower
     classes fill the sequence slots a higher class leaves free on the same engine."""
+    autoscale: AutoscaleConfig = AutoscaleConfig()
+    """Growing and shrinking the service with its queue (only when min_replicas < max_replicas)."""
     chunk_requests: int = Field(16, ge=1)
     """The most requests the service sends a server in one chunk: a lower class gives way to a higher
     one within one chunk, and a long synthetic job is many small chunks."""
@@ -731,6 +749,11 @@ class FactoryConfig(Section):
         if shards and self.dpo.steps and self.dpo.pairs_per_step % shards:
             raise ValueError(f"dpo.pairs_per_step ({self.dpo.pairs_per_step}) must divide evenly over "
                              f"placement.trainer.replicas ({shards})")
+        inference = self.placement.inference
+        low, high = inference.min_replicas or inference.replicas, inference.max_replicas or inference.replicas
+        if not low <= inference.replicas <= high:
+            raise ValueError(f"placement.inference: min_replicas ({low}) <= replicas ({inference.replicas}) <= "
+                             f"max_replicas ({high}) does not hold")
         if (self.placement.trainer.min_replicas or 0) > shards:
             raise ValueError(f"placement.trainer.min_replicas ({self.placement.trainer.min_replicas}) is more than "
                              f"placement.trainer.replicas ({shards}), the most shards a run has")

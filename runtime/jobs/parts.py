@@ -89,7 +89,8 @@ class RunParts:
             while time.monotonic() < deadline and not wait(handle.idle.remote(), 10, f"{self.evaluator}: idle"):
                 time.sleep(0.5)
             return wait(handle.results.remote(), 10, f"{self.evaluator}: results")
-        except FactoryError:
+        except FactoryError:  # lost: replaced now (a replacement reads evals.jsonl back); rows come next time
+            self.supervisor.ensure(self.evaluator, "reading evaluations")
             return []
 
     def stop(self) -> None:

@@ -44,7 +44,7 @@ from runtime.core.calls import await_setup
 from runtime.core.errors import CallTimeout, InferenceTimeout, PeerLost, InferenceUnavailable, StaleVersionError
 from runtime.core.generation import GenerationRequest, GenerationResult
 from runtime.core.metrics import PoolMetrics
-from runtime.pools.scheduling import ClassStats, Scheduler, Ticket
+from runtime.pools.scheduling import Autoscaler, ClassStats, Scheduler, Ticket
 from runtime.supervision.role import Role
 from runtime.supervision.supervisor import Supervisor, standalone
 
@@ -93,6 +93,10 @@ class InferencePool:
         """Calls in progress pinned to each version."""
         self._chunk_threads = ThreadPoolExecutor(512, thread_name_prefix="chunk")
         self._cv = threading.Condition()
+        place, scale = cfg.placement.inference, cfg.inference.autoscale
+        self.autoscaler = Autoscaler(place.min_replicas or place.replicas, place.max_replicas or place.replicas,
+                                     scale.up_after_s, scale.down_after_s)
+        self._stopped = threading.Event()
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -104,9 +108,12 @@ class InferencePool:
             for slot in self.slots:
                 slot.ready = True
             self.metrics.servers(len(self.slots))
+        if self.autoscaler.low < self.autoscaler.high:
+            threading.Thread(target=self._autoscale, name="autoscale", daemon=True).start()
         return self
 
     def shutdown(self) -> None:
+        self._stopped.set()
         with self._cv:
             for slot in self.slots:
                 slot.ready, slot.handle = False, None
@@ -330,6 +337,52 @@ class InferencePool:
             return True
         except (GetTimeoutError, *SERVER_LOST):
             return False
+
+    # ---- autoscaling -----------------------------------------------------
+
+    def _autoscale(self) -> None:
+        """Every autoscale.interval_s: ask the Autoscaler, then add or remove one server."""
+        while not self._stopped.wait(self.cfg.inference.autoscale.interval_s):
+            with self._cv:
+                now = time.monotonic()
+                oldest = max((now - t.queued_at for t in self.scheduler.waiting), default=0.0)
+                in_flight = sum(s.load for s in self.slots)
+                step = self.autoscaler.decide(len(self.slots), oldest, in_flight, self.cfg.inference.max_num_seqs, now)
+            try:
+                if step > 0:
+                    self._grow(oldest)
+                elif step < 0:
+                    self._shrink()
+            except Exception:  # the autoscaler is a boundary: the pool serves on at its size
+                log.exception("autoscaling failed; the service stays at %d servers", len(self.slots))
+
+    def _grow(self, waited: float) -> None:
+        """A new server: started, loaded with the newest version, then opened for requests."""
+        started = time.perf_counter()
+        with self._cv:
+            slot = Slot(len(self.slots), actor_name(self.cfg.experiment.name, "inference", len(self.slots)))
+            self.slots.append(slot)
+        self._await_setups({slot.index: self._spawn(slot)})
+        self._catch_up(slot)
+        self.supervisor.events.record("scaled", "inference", f"{slot.name} added: requests waited {waited:.1f} s; "
+                                      f"{len(self.slots)} servers, serving v{slot.version}",
+                                      time.perf_counter() - started, actor=slot.name)
+
+    def _shrink(self) -> None:
+        """The newest server stops taking requests, finishes what it holds, and goes."""
+        with self._cv:
+            slot = self.slots[-1]
+            if not slot.ready or slot.held_back:
+                return
+            slot.ready = False
+            while slot.load and not self._stopped.is_set():
+                self._cv.wait(timeout=1.0)
+            self.slots.pop()
+            self.metrics.servers(sum(s.ready for s in self.slots))
+        self.supervisor.drop(slot.name)
+        self.supervisor.events.record("scaled", "inference", f"{slot.name} removed: idle for "
+                                      f"{self.cfg.inference.autoscale.down_after_s:g} s; {len(self.slots)} servers",
+                                      actor=slot.name)
 
     # ---- replacement -----------------------------------------------------
 

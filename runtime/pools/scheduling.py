@@ -207,3 +207,29 @@ def class_rates(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict
                   "wait_s": (row["wait_s"] - was["wait_s"]) / chunks,
                   "share": (row["held_seq_s"] - was["held_seq_s"]) / (max(1, after["capacity"]) * elapsed)}
     return out
+
+
+class Autoscaler:
+    """When the inference service adds or removes a server: plain logic over what the queue did.
+
+    Up: some ticket has waited `up_after_s` and there are fewer than `high` servers. Down: for
+    `down_after_s` nothing waited and the work in flight always fit on one server fewer, and there
+    are more than `low`. One step at a time; a step resets both clocks."""
+
+    def __init__(self, low: int, high: int, up_after_s: float, down_after_s: float):
+        self.low, self.high, self.up_after_s, self.down_after_s = low, high, up_after_s, down_after_s
+        self.quiet_since: float | None = None
+
+    def decide(self, servers: int, oldest_wait_s: float, in_flight: int, seqs_per_server: int, now: float) -> int:
+        """+1, -1 or 0 servers."""
+        if oldest_wait_s >= self.up_after_s and servers < self.high:
+            self.quiet_since = None
+            return 1
+        if oldest_wait_s > 0 or in_flight > (servers - 1) * seqs_per_server:
+            self.quiet_since = None
+            return 0
+        self.quiet_since = self.quiet_since if self.quiet_since is not None else now
+        if servers > self.low and now - self.quiet_since >= self.down_after_s:
+            self.quiet_since = None
+            return -1
+        return 0

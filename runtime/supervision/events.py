@@ -22,7 +22,8 @@ class EventLog:
 
     def record(self, kind: str, role: str, message: str, seconds: float | None = None, **fields: Any) -> None:
         """`kind`: lost, hung, replaced, resized (a trainer group going on smaller), joined (a
-        replacement joining a smaller group), restored, republished, injected, failed."""
+        replacement joining a smaller group), scaled (the inference service added or removed a server),
+        restored, republished, injected, failed."""
         row = {"time": time.time(), "kind": kind, "role": role, "message": message, **fields}
         if seconds is not None:
             row["seconds"] = round(seconds, 3)

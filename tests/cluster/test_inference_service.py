@@ -3,6 +3,7 @@ version pins across a publish, and the playground answering through it while a s
 
 One service (two servers, 8 sequences each, chunks of 2 requests) serves the whole file."""
 
+import json
 import socket
 import threading
 import time
@@ -138,3 +139,35 @@ def test_the_playground_answers_through_the_service_and_survives_a_server_kill(c
         assert client.stats()["classes"]["playground"]["requests"] >= before + 5
     finally:
         serve.shutdown()
+
+
+def test_the_service_grows_under_load_and_shrinks_back_when_idle(ray_cluster, tiny_model, tmp_path):
+    name = "test-autoscale"
+    cfg = load_config("default", [f"model.path={tiny_model}", f"experiment.name={name}", f"experiment.run_dir={tmp_path}",
+                                  "inference.cpu_bind=nobind", "inference.max_num_seqs=2", "inference.chunk_requests=1",
+                                  "placement.inference.replicas=1", "placement.inference.min_replicas=1",
+                                  "placement.inference.max_replicas=2", "inference.autoscale.up_after_s=0.5",
+                                  "inference.autoscale.down_after_s=3", "inference.autoscale.interval_s=0.2"])
+    service = remote_class(InferenceService).options(name=service_name(name), max_concurrency=64).remote(
+        cfg, str(tiny_model), str(tmp_path), None, service_name(name))
+    try:
+        ray.get(service.setup.remote(), timeout=300)
+        weights = shareable(init_model(AutoConfig.from_pretrained(tiny_model), seed=5).state_dict())
+        ray.get(service.load_weights.remote(1, ray.put(weights)), timeout=120)
+        client = InferenceClient(name, timeout_s=300)
+        results = client.generate(requests(Workload.SYNTHETIC, 64, 192, "load"))
+        assert len(results) == 64 and {r.version for r in results} == {1}  # the new server loaded v1 first
+        assert {r.server for r in results} == {f"{name}/inference/0", f"{name}/inference/1"}
+        deadline = time.monotonic() + 60
+        while len(client.versions()) != 1:
+            assert time.monotonic() < deadline, client.versions()
+            time.sleep(0.5)
+        events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+        assert [(e["kind"], e["actor"]) for e in events if e["kind"] == "scaled"] == [
+            ("scaled", f"{name}/inference/1"), ("scaled", f"{name}/inference/1")]
+        with pytest.raises(ValueError):
+            ray.get_actor(f"{name}/inference/1")
+        assert len(client.generate(requests(Workload.ROLLOUT, 4, 8, "after"))) == 4
+    finally:
+        ray.get(service.shutdown.remote(), timeout=60)
+        ray.kill(service)

@@ -111,6 +111,22 @@ def test_submit_runs_the_default_recipe_and_rl_improves_pass_at_1(head_cluster, 
     assert [line.split()[:3] for line in table if line.startswith(("pretrain", "rl"))] == [
         ["pretrain", "150", f"{before:.3f}"], ["rl", str(RL_STEPS), f"{after:.3f}"]], table
 
+    # the Evaluator ran beside RL (eval.every=5) and the summary shows its curve
+    curve = summary["evals"]["curves"]["held-out"]
+    assert [v for v, _ in curve] == list(range(6, RL_STEPS + 2, 5)) and summary["evals"]["missed"] == []
+    assert "eval held-out: " + ", ".join(f"v{v} {s:.3f}" for v, s in curve) in out.stdout
+    # on demand, the same suite on the same saved version gives the very score recorded in training
+    last_version, last_score = curve[-1]
+    again = factory("eval", str(run_dir), "--version", str(last_version), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [(r["version"], r["score"]) for r in json.loads(again.stdout.splitlines()[-1])] == [(last_version, last_score)]
+    # and the pre-trained version, well below RL's best, is reported as a regression
+    early = factory("eval", str(run_dir), "--version", "1", "eval.regression=0.05", timeout=600)
+    [row] = json.loads(early.stdout.splitlines()[-1])
+    best = max(curve, key=lambda p: p[1])
+    assert row["regression"] == {"best": best[1], "best_version": best[0]}, row
+    assert f"regression from {best[1]:.3f} on v{best[0]}" in early.stdout
+
 
 def test_submit_rejects_bad_config_before_touching_the_cluster(head_cluster):
     out = factory("submit", "default", "inference.replicas=2", "--address", head_cluster)

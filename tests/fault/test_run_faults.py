@@ -1,5 +1,6 @@
 """The main job through `factory run`, with one actor of every role SIGKILLed along the way (the
-`faults:` drill; in sync mode every role twice: idle during pre-training, and busy in RL): the run
+`faults:` drill; in sync mode every role twice: idle during pre-training, and busy in RL; the
+inference service and the Evaluator once, in RL): the run
 finishes with exit 0, every loss is recorded and recovered in
 RUN_DIR/events.jsonl, and the RL counts add up (every group trained on or counted as dropped).
 In sync mode (seeded sampling) the run ends with the very weights of the same run without faults."""
@@ -25,7 +26,9 @@ SYNC_KILLS = ("[{role: trainer, index: 1, stage: pretrain, step: 4, delay_s: 0.0
               " {role: broadcaster, stage: rl, step: 2, delay_s: 0.2},"
               " {role: tasks, stage: rl, step: 3},"
               " {role: sandbox, index: 0, stage: rl, step: 4, delay_s: 0.5},"
-              " {role: trainer, index: 0, stage: rl, step: 5, delay_s: 0.5}]")
+              " {role: trainer, index: 0, stage: rl, step: 5, delay_s: 0.5},"
+              " {role: evaluator, stage: rl, step: 5, delay_s: 0.5},"
+              " {role: service, stage: rl, step: 6, delay_s: 0.3}]")
 ASYNC_KILLS = ("[{role: inference, index: 1, stage: rl, step: 1, delay_s: 0.2},"
                " {role: trainer, index: 1, stage: rl, step: 3, delay_s: 0.3},"
                " {role: broadcaster, stage: rl, step: 4}]")
@@ -56,7 +59,8 @@ def fault_free(tiny_model, tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode,kills,roles", [
-    ("sync", SYNC_KILLS, {"trainer": 2, "blender": 1, "inference": 2, "broadcaster": 2, "tasks": 2, "sandbox": 2}),
+    ("sync", SYNC_KILLS, {"trainer": 2, "blender": 1, "inference": 2, "broadcaster": 2, "tasks": 2, "sandbox": 2,
+                          "evaluator": 1, "service": 1}),
     ("async", ASYNC_KILLS, {"inference": 1, "trainer": 1, "broadcaster": 1}),
 ])
 def test_the_main_job_survives_a_kill_of_every_role(fault_free, tiny_model, tmp_path, mode, kills, roles):
@@ -79,3 +83,5 @@ def test_the_main_job_survives_a_kill_of_every_role(fault_free, tiny_model, tmp_
     assert [m["version"] for m in metrics if m["stage"] == "rl"] == list(range(2, 10))
     if mode == "sync":  # seeded sampling: the faults change nothing the run computes
         assert final_weights(tmp_path) == final_weights(fault_free)
+        # the Evaluator (every 5 versions) lost its evaluation of v6 with it: counted, not hidden
+        assert summary["evals"]["missed"] + [v for v, _ in summary["evals"]["curves"].get("held-out", [])] == [6]

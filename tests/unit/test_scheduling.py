@@ -118,3 +118,17 @@ def test_class_rates_are_per_interval():
 def test_an_unknown_class_is_refused():
     with pytest.raises(ValueError, match="unknown workload class"):
         Scheduler(classes(), 8).enqueue("training", 1, None)
+
+
+def test_the_autoscaler_grows_while_requests_wait_and_shrinks_after_a_quiet_spell():
+    from runtime.pools.scheduling import Autoscaler
+
+    scaler = Autoscaler(low=1, high=2, up_after_s=2.0, down_after_s=10.0)
+    assert scaler.decide(1, oldest_wait_s=1.0, in_flight=8, seqs_per_server=8, now=0) == 0  # not waited long enough
+    assert scaler.decide(1, oldest_wait_s=2.5, in_flight=8, seqs_per_server=8, now=1) == 1
+    assert scaler.decide(2, oldest_wait_s=9.0, in_flight=16, seqs_per_server=8, now=2) == 0  # at max
+    assert scaler.decide(2, oldest_wait_s=0.0, in_flight=9, seqs_per_server=8, now=3) == 0  # would not fit on one
+    assert scaler.decide(2, oldest_wait_s=0.0, in_flight=4, seqs_per_server=8, now=4) == 0  # quiet from now
+    assert scaler.decide(2, oldest_wait_s=0.0, in_flight=4, seqs_per_server=8, now=13) == 0
+    assert scaler.decide(2, oldest_wait_s=0.0, in_flight=0, seqs_per_server=8, now=14) == -1
+    assert scaler.decide(1, oldest_wait_s=0.0, in_flight=0, seqs_per_server=8, now=100) == 0  # at min
