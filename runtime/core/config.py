@@ -180,6 +180,8 @@ class PlacementConfig(Section):
     """The InferenceService (one): routes every caller's requests to the inference servers it owns."""
     evaluator: ServicePlacement = ServicePlacement(max_concurrency=4)
     """The Evaluator (one): asks the service and the sandbox workers; no CPU of its own by default."""
+    synthetic: ServicePlacement = ServicePlacement(max_concurrency=4)
+    """The SyntheticGenerator (one, when synthetic.jobs has any)."""
 
 
 class ClusterConfig(Section):
@@ -617,6 +619,43 @@ class RLConfig(Section):
     """Samples per held-out task; pass@1 is the mean success over them."""
 
 
+class SyntheticJob(Section):
+    """One synthetic-data job: prompts from a generator and a template, samples from the inference
+    service under the synthetic class, a filter, and a live source of the pre-training blend."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """The job's name: in provenance (document ids), metrics and RUN_DIR/synthetic.jsonl."""
+    generator: str = "linear_tasks"
+    """Where prompts come from: a named generator (data.sources' names) or module:function. Task
+    records (HumanEval/MBPP format, {prompt, answer}) give code or answer tasks; text gives {text}."""
+    template: str = "{prompt}"
+    """The prompt, formatted with the record's fields (a text generator's record is {text})."""
+    filter: Literal["tests", "none"] = "tests"
+    """tests: a sample is kept only if it passes its task's own tests in the sandbox (code) or gives
+    its exact answer; none: every sample is kept."""
+    prompts: int = Field(16, ge=1)
+    """Prompts per batch (one small request under the synthetic class; it gives way to rollouts)."""
+    samples: int = Field(4, ge=1)
+    """Samples per prompt."""
+    max_tokens: int = Field(24, ge=1)
+    """Tokens per sample."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature."""
+    batches: int = Field(0, ge=0)
+    """Batches to make (0: until the run ends)."""
+    source: str = Field("synthetic", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """The pre-training blend's live source fed (added, at `weight`, when data.sources lacks it)."""
+    weight: float = Field(0.2, ge=0)
+    """Mixture weight of that source when the job adds it."""
+
+
+class SyntheticConfig(Section):
+    """The SyntheticGenerator: jobs whose kept samples feed the blend while the run goes on."""
+
+    jobs: list[SyntheticJob] = []
+    """Jobs (none by default)."""
+
+
 class EvalSuite(Section):
     """One evaluation: tasks, samples per task, and how completions are judged."""
 
@@ -657,7 +696,7 @@ class EvalConfig(Section):
     """Seconds one suite may take, its wait behind rollouts included."""
 
 
-ROLES = ("trainer", "inference", "sandbox", "blender", "tasks", "broadcaster", "service", "evaluator")
+ROLES = ("trainer", "inference", "sandbox", "blender", "tasks", "broadcaster", "service", "evaluator", "synthetic")
 """The roles a run supervises, by the names `placement`, `faults` and events.jsonl use."""
 
 
@@ -673,7 +712,7 @@ class SupervisionConfig(Section):
 
 
 class FaultKill(Section):
-    role: Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster", "service", "evaluator"]
+    role: Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster", "service", "evaluator", "synthetic"]
     """Which role loses an actor."""
     index: int = Field(0, ge=0)
     """Which actor of the role (its index in the role's actor names)."""
@@ -697,7 +736,7 @@ class FaultsConfig(Section):
     """This many more SIGKILLs, each of a random role and actor at a random step (drawn with `seed`)."""
     seed: int = 0
     """Seed of the random faults."""
-    roles: list[Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster", "service", "evaluator"]] = list(ROLES)
+    roles: list[Literal["trainer", "inference", "sandbox", "blender", "tasks", "broadcaster", "service", "evaluator", "synthetic"]] = list(ROLES)
     """Roles the random faults choose from."""
 
 
@@ -728,6 +767,8 @@ class FactoryConfig(Section):
     """The RL stage of the main job."""
     eval: EvalConfig = EvalConfig()
     """The Evaluator: suites on weight versions during RL, and `factory eval`."""
+    synthetic: SyntheticConfig = SyntheticConfig()
+    """The SyntheticGenerator: generation jobs feeding the blend."""
     weights: WeightsConfig = WeightsConfig()
     """The weight broadcaster and its gRPC stream."""
     playground: PlaygroundConfig = PlaygroundConfig()

@@ -114,6 +114,29 @@ class EvalMetrics:
             self._regressions.inc(1, tags=tags)
 
 
+class SyntheticMetrics:
+    """The SyntheticGenerator's quality figures per job (tag `job`)."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        keys = ("experiment", "job")
+        self._samples = _metric("Counter", "factory_synthetic_samples", "Samples generated per synthetic job", keys)
+        self._kept = _metric("Counter", "factory_synthetic_kept", "Samples kept and fed to the blend", keys)
+        self._acceptance = _metric("Gauge", "factory_synthetic_acceptance", "Kept over generated, last batch", keys)
+        self._diversity = _metric("Gauge", "factory_synthetic_diversity", "Distinct over generated, last batch", keys)
+        self._length = _metric("Gauge", "factory_synthetic_mean_tokens", "Mean sample length, last batch", keys)
+
+    def batch(self, job: str, samples: int, kept: int, acceptance: float, diversity: float, tokens: float) -> None:
+        tags = {"experiment": self.experiment, "job": job}
+        if samples:
+            self._samples.inc(samples, tags=tags)
+        if kept:
+            self._kept.inc(kept, tags=tags)
+        self._acceptance.set(acceptance, tags=tags)
+        self._diversity.set(diversity, tags=tags)
+        self._length.set(tokens, tags=tags)
+
+
 class SandboxMetrics:
     def __init__(self, experiment: str):
         self.tags = {"experiment": experiment}

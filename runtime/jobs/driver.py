@@ -174,7 +174,7 @@ def stage_row(stage: str, history: list[dict[str, Any]], started: float, pass_at
 
 def finish(cfg: FactoryConfig, run_dir: Path, stages: list[dict[str, Any]], evaluated: list[int] = ()) -> dict[str, Any]:
     """summary.json, plot.png and the table on stdout (with each eval suite's curve over versions)."""
-    from runtime.jobs.report import eval_curves, plot, table
+    from runtime.jobs.report import eval_curves, plot, synthetic_totals, table
 
     records = [row for s in stages for row in s["history"]]
     rows = [{k: v for k, v in s.items() if k != "history"} for s in stages]
@@ -185,10 +185,10 @@ def finish(cfg: FactoryConfig, run_dir: Path, stages: list[dict[str, Any]], eval
                "rl": {k: rl[-1][k] for k in ("groups_produced", "groups_used", "dropped_stale", "dropped_unused")}
                if rl else None,
                "rl_reward_first_last": [rl[0]["reward"], rl[-1]["reward"]] if rl else None,
-               "evals": eval_curves(run_dir, evaluated)}
+               "evals": eval_curves(run_dir, evaluated), "synthetic": synthetic_totals(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(records, rows, run_dir / "plot.png")
-    say(f"summary ({run_dir}):\n{table(rows, summary['evals'])}")
+    say(f"summary ({run_dir}):\n{table(rows, summary['evals'], summary['synthetic'])}")
     return summary
 
 

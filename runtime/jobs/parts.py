@@ -42,6 +42,8 @@ class RunParts:
     """The InferenceService's name."""
     evaluator: str = ""
     """The Evaluator's name."""
+    synthetic: str | None = None
+    """The SyntheticGenerator's name, when synthetic.jobs has any."""
     evaluated: list[int] = field(default_factory=list)
     """Versions handed to the Evaluator during training."""
     pool: InferenceClient | None = None
@@ -120,16 +122,18 @@ def start(cfg: FactoryConfig, model_path: Path, run_dir: Path, say=print, traine
 
 
 def _start(parts: RunParts, model_path: Path, run_dir: Path, say, trainer_state: Any) -> None:
-    from runtime.core.calls import setup_all
+    from runtime.core.calls import setup_all, wait
 
     cfg, sup = parts.cfg, parts.supervisor
     for role in _roles(parts, model_path, run_dir):
         sup.spawn(role)
     names = [parts.blender, parts.tasks, parts.broadcaster, parts.service, parts.evaluator]
     setup_all({n: sup.handle(n) for n in names}, cfg.inference.setup_timeout_s, "inference.setup_timeout_s")
+    if parts.synthetic:  # after the blender it feeds and the service it asks
+        setup_all({parts.synthetic: sup.handle(parts.synthetic)}, cfg.inference.setup_timeout_s, "inference.setup_timeout_s")
     parts.pool = InferenceClient(cfg.experiment.name, cfg.inference.request_timeout_s,
                                  on_lost=lambda: sup.ensure(parts.service, "an inference call"))
-    sup.watch([parts.service, parts.evaluator], cfg.supervision.probe_interval_s * 5)
+    sup.watch([n for n in (parts.service, parts.evaluator, parts.synthetic) if n], cfg.supervision.probe_interval_s * 5)
     say(f"inference servers ready: {', '.join(parts.pool.versions())}")
     if cfg.playground.enabled:
         from serve.playground import start as start_playground
@@ -139,6 +143,8 @@ def _start(parts: RunParts, model_path: Path, run_dir: Path, say, trainer_state:
     parts.sandbox = SandboxPool(cfg, sup).start()
     parts.task_stream = TaskStream(sup, parts.tasks, cfg)
     parts.faults = FaultInjector(cfg, lambda role, index: _resolve(parts, role, index), parts.events)
+    if parts.synthetic:  # generates once the sandbox workers that filter its samples are up
+        wait(sup.handle(parts.synthetic).start.remote(), cfg.supervision.health_timeout_s, f"{parts.synthetic}: start")
 
 
 def _roles(parts: RunParts, model_path: Path, run_dir: Path) -> list:
@@ -150,6 +156,8 @@ def _roles(parts: RunParts, model_path: Path, run_dir: Path) -> list:
     from runtime.core.calls import wait
     from runtime.supervision.role import Role
     from actors.evaluator import Evaluator
+    from actors.synthetic_generator import SyntheticGenerator
+    from runtime.core.cluster import actor_name
     from serve.inference_service import InferenceService
     from serve.weight_service import expose
 
@@ -181,7 +189,17 @@ def _roles(parts: RunParts, model_path: Path, run_dir: Path) -> list:
                    resources(place.service), start_serving)
     evaluator = Role("evaluator", 0, parts.evaluator, Evaluator, (cfg, str(run_dir), parts.evaluator),
                      resources(place.evaluator), set_up)
-    return [*blenders, broadcaster, service, evaluator]
+    if not cfg.synthetic.jobs:
+        return [*blenders, broadcaster, service, evaluator]
+
+    def resume_generating(handle) -> None:
+        wait(handle.setup.remote(), cfg.inference.setup_timeout_s, "synthetic generator replacement: setup")
+        wait(handle.start.remote(), cfg.supervision.health_timeout_s, "synthetic generator replacement: start")
+
+    parts.synthetic = actor_name(cfg.experiment.name, "synthetic", 0)
+    synthetic = Role("synthetic", 0, parts.synthetic, SyntheticGenerator, (cfg, str(run_dir), parts.blender, parts.synthetic),
+                     resources(place.synthetic), resume_generating)
+    return [*blenders, broadcaster, service, evaluator, synthetic]
 
 
 def _resolve(parts: RunParts, role: str, index: int) -> Any:
@@ -196,7 +214,8 @@ def _resolve(parts: RunParts, role: str, index: int) -> Any:
     if role == "sandbox":
         return parts.sandbox.workers[index].handle
     return parts.handle({"blender": parts.blender, "tasks": parts.tasks, "broadcaster": parts.broadcaster,
-                         "service": parts.service, "evaluator": parts.evaluator}[role])
+                         "service": parts.service, "evaluator": parts.evaluator,
+                         "synthetic": parts.synthetic}[role])
 
 
 def task_data(cfg: FactoryConfig) -> DataConfig:

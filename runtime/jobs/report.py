@@ -24,6 +24,23 @@ def eval_curves(run_dir: Path, handed: list[int] = ()) -> dict[str, Any]:
     return {"curves": curves, "regressions": regressions, "missed": [v for v in handed if v not in asked]}
 
 
+def synthetic_totals(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """From RUN_DIR/synthetic.jsonl, per synthetic job: batches, samples, kept, acceptance rate."""
+    import json
+
+    path = Path(run_dir) / "synthetic.jsonl"
+    totals: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        job = totals.setdefault(row["job"], {"batches": 0, "samples": 0, "kept": 0})
+        job["batches"] += 1
+        job["samples"] += row["samples"]
+        job["kept"] += row["kept"]
+    for job in totals.values():
+        job["acceptance"] = job["kept"] / max(1, job["samples"])
+    return totals
+
+
 def curve_lines(evals: dict[str, Any]) -> list[str]:
     """One line per eval suite: its score at each version evaluated, and its regressions."""
     out = []
@@ -36,15 +53,19 @@ def curve_lines(evals: dict[str, Any]) -> list[str]:
     return out
 
 
-def table(stages: list[dict[str, Any]], evals: dict[str, Any] | None = None) -> str:
-    """One row per stage: its steps, pass@1 after it, training tokens/s and wall time; then the eval curves."""
+def table(stages: list[dict[str, Any]], evals: dict[str, Any] | None = None,
+          synthetic: dict[str, dict[str, Any]] | None = None) -> str:
+    """One row per stage: its steps, pass@1 after it, training tokens/s and wall time; then the eval
+    curves and the synthetic jobs."""
     rows = [[fmt.format(value) if value is not None else "-" for (_, fmt), value in
              zip(COLUMNS, (s["stage"], s["steps"], s["pass_at_1"], s.get("tokens_per_s"), s["wall_s"]))]
             for s in stages]
     widths = [max(len(name), *(len(r[i]) for r in rows)) for i, (name, _) in enumerate(COLUMNS)]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line([name for name, _ in COLUMNS]), line(["-" * w for w in widths]), *map(line, rows),
-                      *curve_lines(evals or {})])
+                      *curve_lines(evals or {}),
+                      *(f"synthetic {name}: {t['kept']} of {t['samples']} samples kept ({t['acceptance']:.1%}) in "
+                        f"{t['batches']} batches" for name, t in (synthetic or {}).items())])
 
 
 def plot(records: list[dict[str, Any]], stages: list[dict[str, Any]], path: Path) -> Path:

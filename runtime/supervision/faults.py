@@ -59,7 +59,8 @@ def drawn(cfg: FactoryConfig) -> list[FaultKill]:
     steps = {"pretrain": cfg.train.total_steps, "sft": cfg.sft.steps, "dpo": cfg.dpo.steps, "rl": cfg.rl.steps}
     stages = [s for s, n in steps.items() if n]
     replicas = {"trainer": cfg.placement.trainer.replicas, "inference": cfg.placement.inference.replicas,
-                "sandbox": cfg.placement.sandbox.replicas, "blender": 1, "tasks": 1, "broadcaster": 1, "service": 1, "evaluator": 1}
+                "sandbox": cfg.placement.sandbox.replicas, "blender": 1, "tasks": 1, "broadcaster": 1, "service": 1, "evaluator": 1,
+                "synthetic": 1 if cfg.synthetic.jobs else 0}
     roles = [r for r in cfg.faults.roles if replicas[r]]
     out = []
     for _ in range(cfg.faults.random if stages and roles else 0):
