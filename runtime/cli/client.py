@@ -46,6 +46,15 @@ class FactoryClient:
         return evaluate(str(target), suites, list(overrides), version)
 
     @staticmethod
+    def inference(experiment: str, timeout_s: float = 300.0, namespace: str = "factory"):
+        """The inference service of a running experiment on this cluster (RAY_ADDRESS as host:port, else
+        the one on this machine), as an InferenceClient: `.generate(requests)` under any workload class,
+        `.stats()` per class, `.versions()`."""
+        from runtime.core.inference_client import InferenceClient
+
+        return InferenceClient.connect(experiment, timeout_s, namespace)
+
+    @staticmethod
     def resume_config(run_dir: str | os.PathLike, overrides: list[str] = ()) -> FactoryConfig:
         """The config a run was started with (RUN_DIR/config.yaml), with `overrides` on top."""
         from pathlib import Path

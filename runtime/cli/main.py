@@ -61,13 +61,16 @@ def parser() -> argparse.ArgumentParser:
         _address(job)
         if name == "logs":
             job.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
-    gen = _command(sub, "generate", cmd_generate, "generate from a model directory or a recipe's model")
-    gen.add_argument("target", metavar="MODEL_OR_RECIPE")
+    gen = _command(sub, "generate", cmd_generate, "generate from a model directory, a recipe's model, or "
+                   "(--live) a running experiment's inference service")
+    gen.add_argument("target", metavar="MODEL_OR_RECIPE|EXPERIMENT")
     gen.add_argument("prompt")
     gen.add_argument("overrides", nargs="*", metavar="section.field=value")
     gen.add_argument("--max-tokens", type=int, default=None)
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("-n", type=int, default=1, help="completions")
+    gen.add_argument("--live", action="store_true", help="TARGET is a running experiment's name: ask its inference "
+                     "service (the newest version, playground class) on RAY_ADDRESS or this machine's cluster")
     ev = _command(sub, "eval", cmd_eval, "run eval suites on a run's saved version or any HF model directory")
     ev.add_argument("target", metavar="RUN_DIR|MODEL")
     ev.add_argument("overrides", nargs="*", metavar="section.field=value")
@@ -188,8 +191,13 @@ def cmd_generate(args) -> int:
     from pathlib import Path
 
     from runtime.core.config import load_config
-    from runtime.jobs.quicklook import generate
+    from runtime.jobs.quicklook import generate, generate_live
 
+    if args.live:
+        for text in generate_live(args.target, args.prompt, n=args.n, max_tokens=args.max_tokens,
+                                  temperature=args.temperature):
+            print(text)
+        return 0
     as_model = Path(args.target).expanduser().is_dir() or ("/" in args.target and not args.target.endswith(".yaml"))
     cfg = load_config(None if as_model else args.target, ([f"model.path={args.target}"] if as_model else []) + args.overrides)
     for text in generate(cfg, args.prompt, n=args.n, max_tokens=args.max_tokens, temperature=args.temperature):

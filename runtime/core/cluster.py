@@ -23,10 +23,11 @@ def connect(cfg: ClusterConfig) -> str:
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, namespace=cfg.namespace)
         else:
             ray.init(
                 address="local",
+                namespace=cfg.namespace,
                 num_cpus=cfg.num_cpus,
                 include_dashboard=True,
                 dashboard_host=cfg.dashboard_host,

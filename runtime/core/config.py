@@ -198,6 +198,9 @@ class ClusterConfig(Section):
     call_margin_s: float = Field(30.0, gt=0)
     """Seconds a caller waits beyond the callee's own deadline, so the callee's named error (a blender's
     DataTimeout, say) arrives before the caller's CallTimeout."""
+    namespace: str = "factory"
+    """Ray namespace of the run's named actors, so clients outside the job (`factory generate --live`,
+    FactoryClient.inference) find `<experiment>/service/0`."""
 
 
 class SamplingConfig(Section):

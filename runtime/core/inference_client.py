@@ -28,12 +28,33 @@ def service_name(experiment: str) -> str:
 
 
 class InferenceClient:
-    def __init__(self, experiment: str, timeout_s: float = 300.0, on_lost: Callable[[], Any] | None = None):
-        """`timeout_s`: a call's default timeout (a generate waits its turn behind higher classes within it)."""
+    def __init__(self, experiment: str, timeout_s: float = 300.0, on_lost: Callable[[], Any] | None = None,
+                 namespace: str | None = None):
+        """`timeout_s`: a call's default timeout (a generate waits its turn behind higher classes within it);
+        `namespace`: the run's Ray namespace (cluster.namespace) when this process is not the run's."""
         self.name = service_name(experiment)
+        self.namespace = namespace
         self.timeout_s = timeout_s
         self.on_lost = on_lost
         self._handle: Any = None
+
+    @classmethod
+    def connect(cls, experiment: str, timeout_s: float = 300.0, namespace: str = "factory") -> InferenceClient:
+        """A client from outside the run: joins the cluster at RAY_ADDRESS (host:port) or the one on this
+        machine, in the run's namespace (cluster.namespace), unless this process is already connected."""
+        import os
+
+        import ray
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        if not ray.is_initialized():
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # a cluster with token auth: send it
+            address = os.environ.get("RAY_ADDRESS", "")
+            ray.init(address=address if address and not address.startswith("http") else "auto", namespace=namespace,
+                     log_to_driver=False)
+        return cls(experiment, timeout_s, namespace=namespace)
 
     def generate(self, requests: Sequence[GenerationRequest], timeout: float | None = None,
                  version: int | None = None, pin: bool = False) -> list[GenerationResult]:
@@ -88,7 +109,7 @@ class InferenceClient:
 
         if self._handle is None:
             try:
-                self._handle = ray.get_actor(self.name)
+                self._handle = ray.get_actor(self.name, namespace=self.namespace)
             except ValueError:
                 raise PeerLost(f"{self.name}: no such actor (is the experiment running?)") from None
         return self._handle

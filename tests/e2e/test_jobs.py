@@ -29,6 +29,10 @@ def factory(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "factory"), *args], capture_output=True, text=True, timeout=timeout)
 
 
+HEAD: dict[str, str] = {}
+"""The head cluster's GCS address (host:port), for clients that join it as Ray drivers."""
+
+
 @pytest.fixture(scope="module")
 def head_cluster():
     """A `ray start --head --block` cluster of our own; stopped through its process handle only."""
@@ -43,6 +47,7 @@ def head_cluster():
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
+    HEAD["gcs"] = f"127.0.0.1:{ports['--port']}"
     try:
         wait_for_dashboard(url, head)
         yield url
@@ -139,3 +144,20 @@ def test_generate_gives_a_quick_look_at_a_checkpoint(tiny_model):
     out = factory("generate", str(tiny_model), "def f(x):", "--max-tokens", "8", "-n", "2", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len([line for line in out.stdout.splitlines() if line]) >= 1
+
+
+def test_generate_live_asks_a_running_experiment_through_its_inference_service(head_cluster, tmp_path):
+    out = factory("submit", "default", "placement.inference.replicas=1", "placement.trainer.replicas=1",
+                  "experiment.name=live-test", "train.total_steps=2000", f"experiment.runs_root={tmp_path}",
+                  "--address", head_cluster)
+    assert out.returncode == 0, out.stderr[-3000:]
+    job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
+    try:  # from outside the job: finds live-test's service by name in the run's namespace, waiting for it to start
+        live = subprocess.run([str(BIN / "factory"), "generate", "--live", "live-test", "def f(x):", "--max-tokens", "8",
+                               "--temperature", "0"], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "RAY_ADDRESS": HEAD["gcs"]})
+        assert live.returncode == 0, live.stderr[-3000:]
+        assert live.stdout.strip() and "Traceback" not in live.stderr
+        assert factory("status", job_id, "--address", head_cluster).stdout.strip() == "RUNNING"
+    finally:
+        factory("stop", job_id, "--address", head_cluster)
