@@ -5,7 +5,8 @@ thread of its own evaluates every suite of `eval.suites` on that version, pinned
 suite is answered by that one version, even if training publishes newer ones meanwhile), under
 the eval workload class of the shared inference service, so rollouts go first and the evals use
 the capacity they leave. Code tasks are judged by their tests in the run's sandbox workers,
-answer tasks by the exact answer.
+answer tasks by the exact answer, `judge` suites by a judge model (the policy, a saved version or
+any HF directory) that the same service serves, grading each completion by a rubric.
 
 Each result is a row of RUN_DIR/evals.jsonl keyed by (version, suite), a Ray metric, and a line on
 the console; a suite more than `eval.regression` below its best so far is a regression, reported
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import threading
 import time
 import zlib
@@ -30,10 +32,11 @@ from rl import procedural
 from rl.scoring import score
 from runtime.core.cluster import HEALTH_GROUP, actor_name
 from runtime.core.config import EvalSuite, FactoryConfig, SamplingConfig
-from runtime.core.errors import StaleVersionError
+from runtime.core.errors import FactoryError, StaleVersionError
 from runtime.core.generation import GenerationRequest, Workload
 from runtime.core.inference_client import InferenceClient
 from runtime.core.metrics import EvalMetrics
+from runtime.model.versions import VERSION, version_dir
 from runtime.sandbox.workers import WorkerRunner
 
 
@@ -113,12 +116,38 @@ class Evaluator:
             results = self.client.generate(requests, version=version, pin=version is None)
         except StaleVersionError:  # a newer version came before this one was started: evaluate that
             results = self.client.generate(requests, pin=True)
-        rewards, statuses = score(self.runner, tasks, results)
-        row = {"version": results[0].version, "asked": version, "suite": name, "score": rewards.mean().item(), "tasks": len(tasks),
-               "samples": suite.samples, "seconds": round(time.perf_counter() - started, 3),
-               "sandbox_errors": sum(st.count("sandbox_error") for st in statuses), **(fields or {})}
+        judged = self._judged(suite, tasks, results) if suite.type == "judge" else self._tested(tasks, results)
+        row = {"version": results[0].version, "asked": version, "suite": name, **judged, "tasks": len(tasks),
+               "samples": suite.samples, "seconds": round(time.perf_counter() - started, 3), **(fields or {})}
         self._record(row)
         return row
+
+    def _tested(self, tasks: list, results: list) -> dict[str, Any]:
+        """Code tests in the sandbox workers, or the exact answer: the mean success."""
+        rewards, statuses = score(self.runner, tasks, results)
+        return {"score": rewards.mean().item(), "sandbox_errors": sum(st.count("sandbox_error") for st in statuses)}
+
+    def _judged(self, suite: EvalSuite, tasks: list, results: list) -> dict[str, Any]:
+        """Each completion graded 0..10 by the judge model, through the same service; the score is the
+        mean grade / 10. The grade is read from the judge's answer here, outside any model."""
+        judge, pinned = self._judge_model(suite.judge), results[0].version
+        requests = [GenerationRequest(prompt=suite.rubric.format(prompt=t.prompt, completion=c.text), workload=Workload.EVAL,
+                                      sampling=SamplingConfig(temperature=0.0, max_tokens=8))
+                    for t, r in zip(tasks, results) for c in r.completions]
+        answers = self.client.generate(requests, version=pinned if judge is None else None, model=judge)
+        grades = [grade(a.completions[0].text) for a in answers]
+        return {"score": sum(g or 0.0 for g in grades) / (10 * len(grades)), "unjudged": grades.count(None),
+                "judge": suite.judge, "judge_servers": sorted({a.server for a in answers})}
+
+    def _judge_model(self, judge: str) -> str | None:
+        """None for the policy itself (the version evaluated); else an HF model directory."""
+        if judge == "policy":
+            return None
+        if VERSION.match(judge):
+            if self.path is None:
+                raise FactoryError(f"judge {judge}: a saved version needs the run directory")
+            return str(version_dir(self.path.parent, int(judge[1:])))
+        return judge
 
     def _record(self, row: dict[str, Any]) -> None:
         with self._lock:
@@ -138,11 +167,21 @@ class Evaluator:
         print(f"[factory] {message}", flush=True)
 
 
+def grade(text: str) -> float | None:
+    """The first number of a judge's answer, clamped to 0..10; None when it has none."""
+    found = re.search(r"\d+(?:\.\d+)?", text)
+    return None if found is None else min(10.0, max(0.0, float(found.group())))
+
+
 def suite_tasks(suite: EvalSuite, seed: int) -> list:
     """The suite's tasks: held-out procedural ones (drawn apart from the training stream) or a file's first ones."""
     if suite.type == "procedural":
         return procedural.tasks(seed, suite.tasks, prefix=f"eval-{suite.name}")
-    from rl.tasks import parse_line
+    from rl.tasks import AnswerTask, parse_line
+
+    if suite.type == "judge":  # {prompt} lines: only the prompt is used
+        rows = [json.loads(line) for line in Path(suite.path).read_text().splitlines() if line.strip()]
+        return [AnswerTask(str(r.get("id", i)), str(r["prompt"]), "") for i, r in enumerate(rows[: suite.tasks])]
 
     rows = []
     with open(suite.path) as f:

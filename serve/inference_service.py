@@ -22,6 +22,7 @@ lost, within their timeout.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class InferenceService:
         self.cfg, self.model_path, self.run_dir = cfg, str(model_path), run_dir
         self.broadcaster, self.name = broadcaster, name
         self.pool: InferencePool | None = None
+        self.models: dict[str, InferencePool] = {}
+        """Other models (an eval judge: a saved version or any HF directory), one server each, by path."""
+        self._models_lock = threading.Lock()
 
     def setup(self) -> dict[str, Any]:
         """Start every server; load the broadcaster's newest version, if any, before answering."""
@@ -62,9 +66,11 @@ class InferenceService:
         return {"name": self.name, "servers": [s.name for s in pool.slots], "version": pool.newest()}
 
     def generate(self, requests: list[GenerationRequest], timeout: float | None = None,
-                 version: int | None = None, pin: bool = False) -> list[GenerationResult]:
-        """One result per request, in order (InferencePool.generate)."""
-        return self._pool().generate(requests, timeout, version, pin)
+                 version: int | None = None, pin: bool = False, model: str | None = None) -> list[GenerationResult]:
+        """One result per request, in order (InferencePool.generate). `model`: an HF model directory other
+        than the run's (a judge), served by a server of its own that starts on first use."""
+        pool = self._pool() if model is None else self._model(model)
+        return pool.generate(requests, timeout, version, pin)
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[dict[str, Any]]:
         """Text deltas, then `{"result": ...}` (InferenceServer.generate_stream), on a server the
@@ -98,8 +104,22 @@ class InferenceService:
                 **({"servers": sum(s.ready for s in self.pool.slots)} if ready else {})}
 
     def shutdown(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        for pool in [self.pool, *self.models.values()]:
+            if pool is not None:
+                pool.shutdown()
+
+    def _model(self, path: str) -> InferencePool:
+        """The pool of the model at `path` (its servers are named `<experiment>/model<k>/inference/0`)."""
+        with self._models_lock:
+            if path not in self.models:
+                exp = self.cfg.experiment
+                inference = self.cfg.placement.inference.model_copy(update={"replicas": 1, "min_replicas": 1,
+                                                                            "max_replicas": 1})
+                cfg = self.cfg.model_copy(update={
+                    "experiment": exp.model_copy(update={"name": f"{exp.name}/model{len(self.models)}"}),
+                    "placement": self.cfg.placement.model_copy(update={"inference": inference})})
+                self.models[path] = InferencePool(cfg, path, supervisor=self._pool().supervisor).start()
+            return self.models[path]
 
     def _pool(self) -> InferencePool:
         if self.pool is None:

@@ -664,12 +664,20 @@ class EvalSuite(Section):
 
     name: str
     """The suite's name in evals.jsonl, metrics and the summary."""
-    type: Literal["procedural", "tasks"] = "procedural"
+    type: Literal["procedural", "tasks", "judge"] = "procedural"
     """procedural: held-out linear-function coding tasks (drawn apart from the training stream);
     tasks: a JSONL file of HumanEval- or MBPP-format code tasks (judged by their tests in the sandbox)
-    or {prompt, answer} lines (judged by the exact answer)."""
+    or {prompt, answer} lines (judged by the exact answer); judge: a JSONL file of {prompt} lines,
+    each completion graded by a judge model with `rubric`."""
     path: str | None = None
-    """The task file, for type `tasks`."""
+    """The task file, for types `tasks` and `judge`."""
+    judge: str = "policy"
+    """type judge: the judge model, served by the same inference service: `policy` (the version being
+    evaluated), `vN` (a saved version of this run) or an HF model directory."""
+    rubric: str = ("Grade the answer to the question from 0 (wrong or unrelated) to 10 (correct and complete).\n"
+                   "Question: {prompt}\nAnswer: {completion}\nGrade:")
+    """type judge: the judge's prompt; {prompt} and {completion} are filled in. The grade is the first
+    number of its answer, clamped to 0..10; an answer without one grades 0 and is counted `unjudged`."""
     tasks: int = Field(64, ge=1)
     """How many tasks (procedural: drawn; tasks: the file's first ones)."""
     samples: int = Field(4, ge=1)
@@ -681,8 +689,8 @@ class EvalSuite(Section):
 
     @model_validator(mode="after")
     def _file_for_tasks(self) -> EvalSuite:
-        if self.type == "tasks" and not self.path:
-            raise ValueError(f"suite {self.name!r} has type tasks: give its path (a JSONL task file)")
+        if self.type in ("tasks", "judge") and not self.path:
+            raise ValueError(f"suite {self.name!r} has type {self.type}: give its path (a JSONL task file)")
         return self
 
 

@@ -57,12 +57,13 @@ class InferenceClient:
         return cls(experiment, timeout_s, namespace=namespace)
 
     def generate(self, requests: Sequence[GenerationRequest], timeout: float | None = None,
-                 version: int | None = None, pin: bool = False) -> list[GenerationResult]:
+                 version: int | None = None, pin: bool = False, model: str | None = None) -> list[GenerationResult]:
         """One result per request, in order. `version` pins the call to that weight version; `pin`
         to the newest one now (the whole call is answered by one version); by default each chunk
-        takes the newest. The requests' workload class (the first's) sets priority and quota."""
+        takes the newest. The requests' workload class (the first's) sets priority and quota.
+        `model`: another HF model directory the service serves beside the run's (an eval judge)."""
         timeout = timeout or self.timeout_s
-        return self._call("generate", list(requests), timeout, version, pin, timeout_s=timeout + 30)
+        return self._call("generate", list(requests), timeout, version, pin, model, timeout_s=timeout + 30)
 
     def stream(self, request: GenerationRequest, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """`{"text", "token_ids"}` deltas, then `{"result": GenerationResult}` (n=1)."""

@@ -1,19 +1,28 @@
 """InferencePool: InferenceServer actors behind one `generate()` that loses nothing.
 
+The routing the inference service (serve/inference_service.py) runs; tests and benches use it
+on its own too.
+
 Contract:
 - `generate(requests)` returns exactly one result per request, in request
-  order. Requests go out in chunks, each to the server with the fewest
-  requests outstanding. A chunk whose server dies is re-sent to a peer (at most
+  order. Requests go out in chunks; which chunk goes to which server when is the
+  Scheduler's (runtime/pools/scheduling.py: workload classes, priorities, quotas, version
+  pins). A chunk whose server dies is re-sent to a peer (at most
   `inference.max_attempts` servers per request); a late answer from a server
-  already given up on is ignored, so no request is answered twice.
+  already given up on is ignored, so no request is answered twice. Requests a higher
+  class preempted on a server come back and are sent again (same seeds, same results).
+- Versions: `load_weights` publishes to every server, except that servers holding calls
+  pinned to their version stay on it until those calls end; nothing is sent to a server
+  while it loads. Unpinned chunks go to servers on the newest version.
 - A dead server is reported to the supervisor, which replaces it under the same
   actor name (runtime/supervision/); in the background the pool sets the
   replacement up and has it load the newest weight version before it takes
   requests: until then no caller can reach it through the pool.
-- Hung or dead: when a call outlives `request_timeout_s`, every server still
-  holding work is probed with `health()`. One that does not answer within
-  `health_timeout_s` is hung: it is killed, replaced, and its work re-sent. If
-  they all answer, the call fails with InferenceTimeout.
+- Hung or dead: when a chunk outlives its call's `request_timeout_s`, its server is
+  probed with `health()`. One that does not answer within `health_timeout_s` is hung: it
+  is killed, replaced, and its work re-sent. If it answers, the call fails with
+  InferenceTimeout.
+- Autoscaling: between placement.inference.min_replicas and max_replicas, by queue wait.
 """
 
 from __future__ import annotations

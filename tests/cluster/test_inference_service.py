@@ -171,3 +171,22 @@ def test_the_service_grows_under_load_and_shrinks_back_when_idle(ray_cluster, ti
     finally:
         ray.get(service.shutdown.remote(), timeout=60)
         ray.kill(service)
+
+
+def test_a_judge_suite_is_graded_by_another_model_served_by_the_same_service(client, cfg, tiny_model, tmp_path):
+    from actors.evaluator import Evaluator
+
+    prompts = tmp_path / "questions.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "What is {i} + {i}?"}}\n' for i in range(6)))
+    judged = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"suites": [
+        cfg.eval.suites[0].model_copy(update={"name": "judged", "type": "judge", "path": str(prompts), "samples": 2,
+                                              "judge": str(tiny_model)})]})})
+    before = client.stats()["classes"]["eval"]["requests"]
+    evaluator = Evaluator(judged, tmp_path)
+    evaluator.setup()
+    [row] = evaluator.evaluate()
+    assert row["suite"] == "judged" and row["tasks"] == 6 and 0.0 <= row["score"] <= 1.0
+    assert row["judge_servers"] == [f"{EXPERIMENT}/model0/inference/0"], row  # the judge has a server of its own
+    assert 0 <= row["unjudged"] <= 12
+    assert client.stats()["classes"]["eval"]["requests"] == before + 6  # the policy's part; the judge's pool counts apart
+    assert ray.get_actor(f"{EXPERIMENT}/model0/inference/0") is not None

@@ -42,3 +42,9 @@ def test_a_drop_below_the_best_by_more_than_the_threshold_is_a_regression(tmp_pa
     rows = [json.loads(line) for line in (tmp_path / "evals.jsonl").read_text().splitlines()]
     assert [r.get("regression") for r in rows] == [None, None, None, {"best": 0.45, "best_version": 3}]
     assert "regression: eval held-out on v5: 0.300, down from 0.450 on v3" in capsys.readouterr().out
+
+
+def test_a_judge_grade_is_the_first_number_of_its_answer_clamped():
+    from actors.evaluator import grade
+
+    assert [grade(t) for t in (" 7/10", "grade: 12", "0.5 maybe", "none", "-3")] == [7.0, 10.0, 0.5, None, 3.0]
