@@ -5,8 +5,10 @@ own makes the jobs' batches in turn: prompts from the job's generator and templa
 the shared inference service under the synthetic workload class (small requests, which give way
 to rollouts and evals), then the filter: with `filter: tests` a code sample is kept only if it
 passes its own task's tests in the run's sandbox workers (judged outside the sandboxed process),
-an answer sample only if it gives the exact answer. Kept samples not seen before (by text) are
-`put` into the blender's live source `job.source`, readable from the next step it serves.
+an answer sample only if it gives the exact answer. Kept samples not fed before (by text) are
+`put` into the blender's live source `job.source`, readable from the next step it serves; a
+source the generator adds runs the blend's `dedup` filter too (against every document of the
+blend that went through it).
 
 Provenance: each document's id is `synthetic/<job>/v<version>/b<batch>/<k>` and its record holds
 job, version and `synthetic: true`, so `factory trace` names the job and the weight version that
@@ -64,7 +66,8 @@ class SyntheticGenerator:
             self.seen = {h for row in self.rows for h in row.get("hashes", [])}
         known = {s.name for s in cfg.data.sources}
         for source in {job.source: job for job in cfg.synthetic.jobs if job.source not in known}.values():
-            wait(self._blender().add_source.remote({"name": source.source, "type": "live", "weight": source.weight}),
+            spec = {"name": source.source, "type": "live", "weight": source.weight, "transforms": ["dedup", "length"]}
+            wait(self._blender().add_source.remote(spec),
                  cfg.data.batch_timeout_s, f"{self.blender}: add live source {source.source}")
         return {"name": self.name, "jobs": [job.name for job in cfg.synthetic.jobs]}
 

@@ -81,6 +81,11 @@ class ClassMetrics:
         self._wait = _metric("Histogram", "factory_inference_class_wait_seconds", "Seconds a chunk waited for a server",
                              keys, boundaries=[0.01, 0.1, 0.5, 1, 5, 30, 120])
         self._queued = _metric("Gauge", "factory_inference_class_queued_seqs", "Sequences waiting per workload class", keys)
+        self._held = _metric("Counter", "factory_inference_class_held_seq_seconds",
+                             "Sequence-seconds held on servers per workload class (its rate over the capacity gauge "
+                             "is the class's share)", keys)
+        self._capacity = _metric("Gauge", "factory_inference_capacity_seqs", "Sequences the servers run at once",
+                                 ("experiment",))
 
     def _tags(self, workload: str) -> dict[str, str]:
         return {"experiment": self.experiment, "workload": workload}
@@ -96,6 +101,11 @@ class ClassMetrics:
 
     def queued(self, workload: str, seqs: int) -> None:
         self._queued.set(seqs, tags=self._tags(workload))
+
+    def held(self, workload: str, seq_seconds: float, capacity: int) -> None:
+        if seq_seconds > 0:
+            self._held.inc(seq_seconds, tags=self._tags(workload))
+        self._capacity.set(capacity, tags={"experiment": self.experiment})
 
 
 class EvalMetrics:

@@ -316,7 +316,7 @@ class InferencePool:
     def _release(self, ticket: Ticket, answer: dict[str, Any] | None) -> None:
         with self._cv:
             self.scheduler.done(ticket)
-            self.class_stats.finished(ticket, answer)
+            self.class_stats.finished(ticket, answer, self._capacity())
             self._cv.notify_all()
 
     def _pin(self, version: int | None, pin: bool) -> int | None:

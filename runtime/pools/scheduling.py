@@ -165,10 +165,12 @@ class ClassStats:
         self.totals[ticket.workload]["wait_s"] += waited
         self.metrics.waited(ticket.workload, waited)
 
-    def finished(self, ticket: Ticket, answer: dict | None) -> None:
+    def finished(self, ticket: Ticket, answer: dict | None, capacity: int) -> None:
         """`answer`: the server's {results, preempted}; None when the server was lost."""
         row = self.totals[ticket.workload]
-        row["held_seq_s"] += ticket.seqs * (time.monotonic() - ticket.granted_at)
+        held = ticket.seqs * (time.monotonic() - ticket.granted_at)
+        row["held_seq_s"] += held
+        self.metrics.held(ticket.workload, held, capacity)
         if answer is None:
             return
         results = answer["results"]
