@@ -16,6 +16,7 @@ scores survive it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -30,11 +31,13 @@ from ray import method
 
 from rl import procedural
 from rl.scoring import score
-from runtime.core.cluster import HEALTH_GROUP, actor_name
+from rl.tasks import AnswerTask, TaskFileError, task_of
+from runtime.core.cluster import HEALTH_GROUP
 from runtime.core.config import EvalSuite, FactoryConfig, SamplingConfig
 from runtime.core.errors import FactoryError, StaleVersionError
 from runtime.core.generation import GenerationRequest, Workload
 from runtime.core.inference_client import InferenceClient
+from runtime.core.jsonl import objects
 from runtime.core.metrics import EvalMetrics
 from runtime.model.versions import VERSION, version_dir
 from runtime.sandbox.workers import WorkerRunner
@@ -57,11 +60,10 @@ class Evaluator:
         cfg = self.cfg
         self.tasks = {s.name: suite_tasks(s, cfg.experiment.seed) for s in cfg.eval.suites}
         self.client = InferenceClient(cfg.experiment.name, cfg.eval.timeout_s)
-        names = [actor_name(cfg.experiment.name, "sandbox", i) for i in range(cfg.placement.sandbox.replicas)]
-        self.runner = WorkerRunner(names, cfg.sandbox.timeout_s * 4)
+        self.runner = WorkerRunner.of_run(cfg)
         self.metrics = EvalMetrics(cfg.experiment.name)
         if self.path is not None and self.path.is_file():
-            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.rows = [row for _, row in objects(self.path, FactoryError)]
         threading.Thread(target=self._work, name="evaluations", daemon=True).start()
         return {"name": self.name, "suites": {k: len(v) for k, v in self.tasks.items()}}
 
@@ -177,17 +179,13 @@ def suite_tasks(suite: EvalSuite, seed: int) -> list:
     """The suite's tasks: held-out procedural ones (drawn apart from the training stream) or a file's first ones."""
     if suite.type == "procedural":
         return procedural.tasks(seed, suite.tasks, prefix=f"eval-{suite.name}")
-    from rl.tasks import AnswerTask, parse_line
-
+    rows = itertools.islice(objects(suite.path, TaskFileError), suite.tasks)
     if suite.type == "judge":  # {prompt} lines: only the prompt is used
-        rows = [json.loads(line) for line in Path(suite.path).read_text().splitlines() if line.strip()]
-        return [AnswerTask(str(r.get("id", i)), str(r["prompt"]), "") for i, r in enumerate(rows[: suite.tasks])]
+        return [AnswerTask(str(row.get("id", where)), str(_prompt(row, where)), "") for where, row in rows]
+    return [task_of(row, where) for where, row in rows]
 
-    rows = []
-    with open(suite.path) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                rows.append(parse_line(line, f"{suite.path}:{number}"))
-            if len(rows) == suite.tasks:
-                break
-    return rows
+
+def _prompt(row: dict, where: str) -> str:
+    if "prompt" not in row:
+        raise TaskFileError(f"{where}: a judge suite's line needs a prompt (keys: {', '.join(sorted(row))})")
+    return row["prompt"]

@@ -33,11 +33,12 @@ from ray import method
 from rl.scoring import score
 from rl.tasks import task_of
 from runtime.core.calls import wait
-from runtime.core.cluster import HEALTH_GROUP, actor_name
+from runtime.core.cluster import HEALTH_GROUP
 from runtime.core.config import FactoryConfig, SamplingConfig, SyntheticJob
 from runtime.core.errors import FactoryError
 from runtime.core.generation import GenerationRequest, Workload
 from runtime.core.inference_client import InferenceClient
+from runtime.core.jsonl import objects
 from runtime.core.metrics import SyntheticMetrics
 from runtime.data.sources import generator
 from runtime.sandbox.workers import WorkerRunner
@@ -58,11 +59,10 @@ class SyntheticGenerator:
         cfg = self.cfg
         self.makers = {job.name: generator(job.generator, f"synthetic job {job.name}") for job in cfg.synthetic.jobs}
         self.client = InferenceClient(cfg.experiment.name, cfg.inference.request_timeout_s)
-        names = [actor_name(cfg.experiment.name, "sandbox", i) for i in range(cfg.placement.sandbox.replicas)]
-        self.runner = WorkerRunner(names, cfg.sandbox.timeout_s * 4)
+        self.runner = WorkerRunner.of_run(cfg)
         self.metrics = SyntheticMetrics(cfg.experiment.name)
         if self.path is not None and self.path.is_file():
-            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.rows = [row for _, row in objects(self.path, FactoryError)]
             self.seen = {h for row in self.rows for h in row.get("hashes", [])}
         known = {s.name for s in cfg.data.sources}
         for source in {job.source: job for job in cfg.synthetic.jobs if job.source not in known}.values():

@@ -11,7 +11,7 @@ once (others wait for the supervisor's watch to notice).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from runtime.core.calls import wait
@@ -64,14 +64,6 @@ class InferenceClient:
         `model`: another HF model directory the service serves beside the run's (an eval judge)."""
         timeout = timeout or self.timeout_s
         return self._call("generate", list(requests), timeout, version, pin, model, timeout_s=timeout + 30)
-
-    def stream(self, request: GenerationRequest, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """`{"text", "token_ids"}` deltas, then `{"result": GenerationResult}` (n=1)."""
-        import ray
-
-        timeout = timeout or self.timeout_s
-        for ref in self._service().generate_stream.options(num_returns="streaming").remote(request):
-            yield ray.get(ref, timeout=timeout)
 
     def newest(self) -> int:
         """The newest weight version published through the service."""

@@ -80,8 +80,8 @@ class RunParts:
         except FactoryError:  # lost: the supervisor replaces it; the version is counted as missed at the end
             self.supervisor.ensure(self.evaluator, f"evaluation of v{version}")
 
-    def eval_rows(self, wait_s: float = 0.0) -> list[dict[str, Any]]:
-        """The Evaluator's rows so far, after waiting up to `wait_s` for what it was handed."""
+    def eval_rows(self, since: int = 0, wait_s: float = 0.0) -> list[dict[str, Any]]:
+        """The Evaluator's rows from the `since`-th on, after waiting up to `wait_s` for what it was handed."""
         import time
 
         from runtime.core.calls import wait
@@ -90,7 +90,7 @@ class RunParts:
         try:
             while time.monotonic() < deadline and not wait(handle.idle.remote(), 10, f"{self.evaluator}: idle"):
                 time.sleep(0.5)
-            return wait(handle.results.remote(), 10, f"{self.evaluator}: results")
+            return wait(handle.results.remote(since), 10, f"{self.evaluator}: results")
         except FactoryError:  # lost: replaced now (a replacement reads evals.jsonl back); rows come next time
             self.supervisor.ensure(self.evaluator, "reading evaluations")
             return []

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from runtime.core.errors import FactoryError
+from runtime.core.jsonl import objects
+
 COLUMNS = [("stage", "{}"), ("steps", "{}"), ("pass@1", "{:.3f}"), ("tokens/s", "{:.0f}"), ("wall s", "{:.1f}")]
 
 
 def eval_curves(run_dir: Path, handed: list[int] = ()) -> dict[str, Any]:
     """From RUN_DIR/evals.jsonl: each suite's [version, score] over versions, the regressions found,
     and the versions handed to the Evaluator that it never evaluated (`missed`)."""
-    import json
-
     path = Path(run_dir) / "evals.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    rows = [row for _, row in objects(path, FactoryError)] if path.is_file() else []
     curves: dict[str, list] = {}
     for row in sorted(rows, key=lambda r: r["version"]):
         curves.setdefault(row["suite"], []).append([row["version"], row["score"]])
@@ -26,12 +27,9 @@ def eval_curves(run_dir: Path, handed: list[int] = ()) -> dict[str, Any]:
 
 def synthetic_totals(run_dir: Path) -> dict[str, dict[str, Any]]:
     """From RUN_DIR/synthetic.jsonl, per synthetic job: batches, samples, kept, acceptance rate."""
-    import json
-
     path = Path(run_dir) / "synthetic.jsonl"
     totals: dict[str, dict[str, Any]] = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        row = json.loads(line)
+    for _, row in objects(path, FactoryError) if path.is_file() else []:
         job = totals.setdefault(row["job"], {"batches": 0, "samples": 0, "kept": 0})
         job["batches"] += 1
         job["samples"] += row["samples"]

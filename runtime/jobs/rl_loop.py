@@ -69,7 +69,7 @@ def run_rl(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[
     counts = progress.rl_counts if progress.step else {}
     loop = SyncRollouts(parts, cfg, counts) if cfg.rl.mode == "sync" else AsyncRollouts(parts, cfg, ray_metrics, counts)
     history, version = progress.history, progress.version
-    classes, logged = parts.pool.stats(), len(parts.eval_rows())
+    classes, logged = parts.pool.stats(), len(parts.eval_rows())  # rows of earlier stages are logged already
     try:
         with tqdm(range(progress.step, cfg.rl.steps), desc=f"rl ({cfg.rl.mode}, {algorithm.name})",
                   initial=progress.step, total=cfg.rl.steps) as bar:
@@ -98,11 +98,11 @@ def run_rl(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[
 
 def log_evals(parts: RunParts, record, step: int, logged: int, wait_s: float = 0.0) -> int:
     """The Evaluator's new rows to the trackers at training step `step`; returns how many are logged."""
-    rows = parts.eval_rows(wait_s)
-    for row in rows[logged:]:
+    rows = parts.eval_rows(logged, wait_s)
+    for row in rows:
         record({"stage": "evaluator", "step": step, **{k: v for k, v in row.items() if k != "regression"},
                 "regression": "regression" in row})
-    return max(logged, len(rows))
+    return logged + len(rows)
 
 
 def train_and_publish(parts: RunParts, cfg: FactoryConfig, groups: list[Group], version: int,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from runtime.core.cluster import actor_name
+from runtime.core.config import FactoryConfig
 from runtime.core.errors import CallTimeout, PeerLost
 from runtime.sandbox.base import Execution, ExecutionResult, Status
 
@@ -21,6 +23,13 @@ class WorkerRunner:
         """`timeout_s`: the most one execution may take, its wait for a free slot included."""
         self.names, self.timeout_s = names, timeout_s
         self._turn = itertools.count()
+
+    @classmethod
+    def of_run(cls, cfg: FactoryConfig) -> WorkerRunner:
+        """Over the run's `placement.sandbox.replicas` workers; an execution may wait for a slot up to
+        four times its own timeout."""
+        names = [actor_name(cfg.experiment.name, "sandbox", i) for i in range(cfg.placement.sandbox.replicas)]
+        return cls(names, cfg.sandbox.timeout_s * 4)
 
     def run(self, executions: list[Execution]) -> list[ExecutionResult]:
         pending = {i: (e, self._send(e, set())) for i, e in enumerate(executions)}
