@@ -201,6 +201,11 @@ class DataBlender:
             return {"name": self.name, "pid": os.getpid(), "served": self._served, "prepared": self.blend.step,
                     "error": repr(self._error) if self._error else None}
 
+    def sources(self) -> list[str]:
+        """The names of the blend's sources now: the config's and those added since."""
+        with self._cv:
+            return list(self.blend.specs)
+
     def record_losses(self, step: int, losses: dict[int, float]) -> None:
         """Trainers report each sample's loss (by its index in the step), for `factory trace`."""
         self.store.record_losses(step, losses)

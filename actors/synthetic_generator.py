@@ -64,7 +64,7 @@ class SyntheticGenerator:
         if self.path is not None and self.path.is_file():
             self.rows = [row for _, row in objects(self.path, FactoryError)]
             self.seen = {h for row in self.rows for h in row.get("hashes", [])}
-        known = {s.name for s in cfg.data.sources}
+        known = set(wait(self._blender().sources.remote(), cfg.data.batch_timeout_s, f"{self.blender}: sources"))
         for source in {job.source: job for job in cfg.synthetic.jobs if job.source not in known}.values():
             spec = {"name": source.source, "type": "live", "weight": source.weight, "transforms": ["dedup", "length"]}
             wait(self._blender().add_source.remote(spec),

@@ -85,13 +85,17 @@ class Supervisor:
     def watch(self, names: list[str], every_s: float) -> None:
         """Probe `names` every `every_s` in the background and replace one found dead or hung: for
         actors other processes call (the inference service), whose callers cannot ask this supervisor."""
+        watched = list(names)
+
         def loop() -> None:
-            while not self._stopping.wait(every_s):
-                for name in names:
+            while watched and not self._stopping.wait(every_s):
+                for name in list(watched):
                     try:
                         self.ensure(name, "a health watch")
                     except KeyError:  # stopped, or no longer owned
                         return
+                    except RunFailed:  # the policy gave up on it (recorded): a caller meets it, the watch stops
+                        watched.remove(name)
                     except Exception as exc:  # the watch is a boundary: the next call meets the fault too
                         self.events.say(f"[factory] watching {name}: {exc}")
 

@@ -6,6 +6,7 @@ samples that fail their own tests in the sandbox never enter."""
 import time
 
 import pytest
+import ray
 
 from runtime.core.calls import wait
 from runtime.data.trace import trace
@@ -55,3 +56,8 @@ def test_synthetic_samples_enter_the_blend_mid_run_with_their_provenance(parts):
     assert not any(d["source"] == "synthetic" for step in range(first_fed) for d in trace(run, step)["documents"])
     stats = started.pool.stats()["classes"]["synthetic"]
     assert stats["requests"] >= 3 * 4 + 2 * 8
+
+    # a replacement takes over from the live source its predecessor added, and reads its rows back
+    ray.kill(generator)
+    assert started.supervisor.ensure(started.synthetic, "a test")
+    assert len(wait(started.handle(started.synthetic).results.remote(), 30, "results")) == 5
