@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,12 @@ class InferenceService:
         ready = self.pool is not None
         return {"name": self.name, "pid": os.getpid(), "ready": ready,
                 **({"servers": sum(s.ready for s in self.pool.slots)} if ready else {})}
+
+    def settle(self, timeout_s: float) -> list[str]:
+        """Wait up to `timeout_s` for server replacements under way; the servers still replacing."""
+        deadline = time.monotonic() + timeout_s
+        return [name for pool in [self.pool, *self.models.values()] if pool is not None
+                for name in pool.settle(max(0.0, deadline - time.monotonic()))]
 
     def shutdown(self) -> None:
         for pool in [self.pool, *self.models.values()]:

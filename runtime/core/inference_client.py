@@ -16,7 +16,7 @@ from typing import Any
 
 from runtime.core.calls import wait
 from runtime.core.cluster import actor_name
-from runtime.core.errors import CallTimeout, InferenceUnavailable, PeerLost, SetupNotRun
+from runtime.core.errors import CallTimeout, FactoryError, InferenceUnavailable, PeerLost, SetupNotRun
 from runtime.core.generation import GenerationRequest, GenerationResult
 
 SERVICE = "service"
@@ -76,6 +76,14 @@ class InferenceClient:
     def stats(self) -> dict[str, Any]:
         """Per workload class: requests, tokens, seconds waited, capacity held, what waits now."""
         return self._call("stats", timeout_s=self.timeout_s)
+
+    def settle(self, timeout_s: float) -> list[str]:
+        """Wait up to `timeout_s` for server replacements under way (a run ends with its servers
+        whole); the servers still replacing. A lost service is not replaced for this: []."""
+        try:
+            return wait(self._service().settle.remote(timeout_s), timeout_s + 10, f"{self.name}: settle")
+        except FactoryError:
+            return []
 
     def shutdown(self) -> None:
         """Nothing to stop: the service belongs to the run (its supervisor stops it)."""

@@ -98,6 +98,10 @@ class RunParts:
     def stop(self) -> None:
         if self.faults is not None:
             self.faults.stop()
+        if self.pool is not None:  # while the broadcaster a replacement loads from is still up
+            for name in self.pool.settle(self.cfg.inference.setup_timeout_s):
+                self.events.record("failed", "inference", f"{name}: its replacement had not finished when the run "
+                                   "ended", actor=name)
         for part in (self.trainers, self.pool, self.sandbox):
             if part is not None:
                 part.shutdown()

@@ -106,6 +106,8 @@ class InferencePool:
         self.autoscaler = Autoscaler(place.min_replicas or place.replicas, place.max_replicas or place.replicas,
                                      scale.up_after_s, scale.down_after_s)
         self._stopped = threading.Event()
+        self._replacing: dict[str, threading.Thread] = {}
+        """Replacements under way, by server name (settle() waits for them)."""
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -120,6 +122,14 @@ class InferencePool:
         if self.autoscaler.low < self.autoscaler.high:
             threading.Thread(target=self._autoscale, name="autoscale", daemon=True).start()
         return self
+
+    def settle(self, timeout_s: float) -> list[str]:
+        """Wait up to `timeout_s` for replacements under way, so a run that ends right after a loss
+        still ends with its servers whole and the replacement recorded; the names still replacing."""
+        deadline = time.monotonic() + timeout_s
+        for thread in list(self._replacing.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [name for name, thread in self._replacing.items() if thread.is_alive()]
 
     def shutdown(self) -> None:
         self._stopped.set()
@@ -406,7 +416,9 @@ class InferencePool:
             old = slot.handle
             self.metrics.servers(sum(s.ready for s in self.slots))
         log.warning("inference server %s lost; replacing it", slot.name)
-        threading.Thread(target=self._replace, args=(slot, old), name=f"replace-{slot.name}", daemon=True).start()
+        thread = threading.Thread(target=self._replace, args=(slot, old), name=f"replace-{slot.name}", daemon=True)
+        self._replacing[slot.name] = thread
+        thread.start()
 
     def _replace(self, slot: Slot, old: Any) -> None:
         started = time.perf_counter()
