@@ -208,8 +208,8 @@ class TrainerShard:
         from rl.sft import segment_attention_mask, segment_positions, sft_loss
 
         def loss_of(batch):
-            ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
-            segments = torch.as_tensor(batch["segment_ids"], dtype=torch.long)
+            ids = torch.tensor(batch["input_ids"], dtype=torch.long)  # a copy: the object-store array is read-only
+            segments = torch.tensor(batch["segment_ids"], dtype=torch.long)
             with self._autocast():
                 logits = self.ddp(ids, attention_mask=segment_attention_mask(segments),
                                   position_ids=segment_positions(segments)).logits

@@ -97,10 +97,10 @@ class FactoryClient:
         )
 
     def status(self, job_id: str) -> str:
-        return str(self._jobs().get_job_status(job_id).value)
+        return str(self._job(job_id, "get_job_status").value)
 
     def logs(self, job_id: str) -> str:
-        return self._jobs().get_job_logs(job_id)
+        return self._job(job_id, "get_job_logs")
 
     def follow(self, job_id: str, write: Callable[[str], object] = print) -> str:
         """Stream the job's logs to `write` until it ends; returns its final status."""
@@ -114,7 +114,19 @@ class FactoryClient:
         return self.status(job_id)
 
     def stop(self, job_id: str) -> bool:
-        return self._jobs().stop_job(job_id)
+        return self._job(job_id, "stop_job")
+
+    def _job(self, job_id: str, method: str):
+        """One JobSubmissionClient call about `job_id`; an unknown job is one FactoryError line."""
+        jobs = self._jobs()
+        try:
+            return getattr(jobs, method)(job_id)
+        except RuntimeError as exc:
+            if "does not exist" not in str(exc) and "404" not in str(exc):
+                raise
+            known = [j.submission_id for j in jobs.list_jobs() if j.submission_id][-3:]
+            raise FactoryError(f"no job {job_id} on {self.address or 'this cluster'} (newest: "
+                               f"{', '.join(known) or 'none'}; a run directory works too: factory status RUN_DIR)") from None
 
     def wait(self, job_id: str, timeout: float = 1800.0, poll: float = 1.0) -> str:
         deadline = time.monotonic() + timeout

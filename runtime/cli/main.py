@@ -11,12 +11,14 @@
     factory sandbox serve [overrides]                    a gRPC SandboxService on this host
     factory sandbox selftest [overrides]                 try to break out; say which guarantees hold here
 
-Errors the user can fix print as one line and exit with status 2.
+Errors the user can fix print as one line and exit with status 2; anything else prints as one
+line too and exits 1. `--debug` shows the traceback; `-v` also prints the resolved config.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from runtime.core.errors import FactoryError, Interrupted
@@ -29,20 +31,44 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if args.verbose:
+        os.environ["FACTORY_VERBOSE"] = "1"
     try:
         return args.func(args) or 0
-    except Interrupted as exc:
-        print(f"factory: {exc}", file=sys.stderr)
-        return 130
-    except FactoryError as exc:
-        print(f"factory: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:  # the CLI's boundary: one line; the traceback only with --debug
+        if args.debug:
+            raise
+        return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> int:
+    """Print `exc` as one line (a Ray task error as the error it carries) and return the exit status."""
+    cause = _cause(exc)
+    if isinstance(cause, Interrupted):
+        print(f"factory: {cause}", file=sys.stderr)
+        return 130
+    if isinstance(cause, FactoryError):
+        print(f"factory: error: {cause}", file=sys.stderr)
+        return 2
+    first = (str(cause).strip().splitlines() or [""])[0][:300]
+    print(f"factory: error: {type(cause).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+    return 1
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error a Ray task error carries (through any depth of actor calls), else `exc`."""
+    from runtime.core.calls import unwrap
+
+    return unwrap(exc)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="factory", description="Model factory on Ray.")
+    p.add_argument("--version", action="version", version=f"factory {_version()}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the resolved config and actor logs")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
     run = _command(sub, "run", cmd_run, "run an experiment here (embedded Ray cluster, or RAY_ADDRESS)")
     _recipe_args(run)
@@ -101,6 +127,15 @@ def parser() -> argparse.ArgumentParser:
     selftest.add_argument("overrides", nargs="*", metavar="section.field=value")
     selftest.add_argument("--recipe", default=None)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("model-factory")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _command(sub, name, fn, text):
@@ -190,6 +225,11 @@ def cmd_stop(args) -> int:
 def cmd_generate(args) -> int:
     from pathlib import Path
 
+    # stdout is the completions alone (pipeable): the engine's log lines go to stderr, warnings and up
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    if not args.verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+
     from runtime.core.config import load_config
     from runtime.jobs.quicklook import generate, generate_live
 
@@ -229,6 +269,8 @@ def cmd_sandbox_check(args) -> int:
     summary = check(load_config(args.recipe, args.overrides), args.tasks, args.solutions)
     for status, count in sorted(summary["status"].items()):
         print(f"{status:>14}: {count}")
+    for failed in summary["failed"]:
+        print(f"  failed {failed['task_id']}: {failed['reason']}")
     print(f"passed {summary['passed']}/{summary['tasks']} (pass rate {summary['pass_rate']:.1%})")
     print(json.dumps(summary))
     return 0

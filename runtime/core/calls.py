@@ -40,3 +40,11 @@ def await_setup(refs: dict[str, Any], timeout_s: float, field: str) -> list[Any]
 def setup_all(handles: dict[str, Any], timeout_s: float, field: str, *args: Any) -> list[Any]:
     """Call setup(*args) on every named handle and wait for all, as await_setup."""
     return await_setup({name: handle.setup.remote(*args) for name, handle in handles.items()}, timeout_s, field)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The error raised inside a remote method, through any depth of actor calls (a RayTaskError's
+    message is a whole remote traceback; its cause is the error itself)."""
+    while getattr(exc, "cause", None) is not None and type(exc).__name__.startswith("RayTaskError"):
+        exc = exc.cause
+    return exc

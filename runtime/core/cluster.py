@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from runtime.core.config import ClusterConfig
@@ -22,12 +23,16 @@ def connect(cfg: ClusterConfig) -> str:
 
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
+        # Actors' output stays in Ray's log files (the dashboard shows them) unless FACTORY_VERBOSE.
+        quiet = {"log_to_driver": os.environ.get("FACTORY_VERBOSE") == "1",
+                 "logging_level": logging.INFO if os.environ.get("FACTORY_VERBOSE") == "1" else logging.ERROR}
         if address:
-            ray.init(address=address, log_to_driver=True, namespace=cfg.namespace)
+            ray.init(address=dashboard_to_gcs(address), namespace=cfg.namespace, **quiet)
         else:
             ray.init(
                 address="local",
                 namespace=cfg.namespace,
+                **quiet,
                 num_cpus=cfg.num_cpus,
                 include_dashboard=True,
                 dashboard_host=cfg.dashboard_host,
@@ -46,3 +51,22 @@ def remote_class(cls):
     import ray
 
     return ray.remote(concurrency_groups={HEALTH_GROUP: 1})(cls)
+
+
+def dashboard_to_gcs(address: str) -> str:
+    """The address ray.init joins, for `address` in either form users export as RAY_ADDRESS: the
+    cluster's own (`host:6379`, `auto`, `ray://...`) as it is, or its dashboard URL (`http://host:8265`,
+    what `ray job submit` takes), which names a cluster on this machine: `auto` finds it."""
+    from urllib.parse import urlparse
+
+    from runtime.core.errors import ConfigError
+
+    if not address.startswith(("http://", "https://")):
+        return address
+    host = urlparse(address).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "0.0.0.0", os.uname().nodename):
+        raise ConfigError(f"RAY_ADDRESS={address} is a dashboard on another host: `factory submit` sends the job "
+                          "there; `factory run` joins a cluster by its address (RAY_ADDRESS=<head>:6379), or run "
+                          "it on the head node")
+    os.environ.pop("RAY_ADDRESS", None)  # ray.init reads it again for `auto`
+    return "auto"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import yaml
@@ -112,7 +113,7 @@ class RolePlacement(Section):
 
 
 class InferencePlacement(RolePlacement):
-    replicas: int = Field(2, ge=0)
+    replicas: int = Field(2, ge=1)
     """How many InferenceServer actors the service starts with."""
     min_replicas: int | None = Field(None, ge=1)
     """The fewest servers the service shrinks to when idle (inference.autoscale). Default: `replicas`."""
@@ -123,14 +124,14 @@ class InferencePlacement(RolePlacement):
 
 
 class SandboxPlacement(RolePlacement):
-    replicas: int = Field(2, ge=0)
+    replicas: int = Field(2, ge=1)
     """How many SandboxWorker actors run."""
     num_cpus: float = Field(0.5, ge=0)
     """Ray logical CPUs each worker reserves."""
 
 
 class TrainerPlacement(RolePlacement):
-    replicas: int = Field(2, ge=0)
+    replicas: int = Field(2, ge=1)
     """How many TrainerShard actors (data-parallel replicas) run. A step's data is always cut into
     this many parts, so the maths of a step does not depend on how many shards carry them."""
     min_replicas: int | None = Field(None, ge=1)
@@ -198,6 +199,9 @@ class ClusterConfig(Section):
     call_margin_s: float = Field(30.0, gt=0)
     """Seconds a caller waits beyond the callee's own deadline, so the callee's named error (a blender's
     DataTimeout, say) arrives before the caller's CallTimeout."""
+    check_resources: bool = True
+    """Before any actor starts, check each role's resources against the cluster's (false on a cluster
+    whose nodes arrive when asked for: an autoscaler, or a test adding nodes mid-run)."""
     namespace: str = "factory"
     """Ray namespace of the run's named actors, so clients outside the job (`factory generate --live`,
     FactoryClient.inference) find `<experiment>/service/0`."""
@@ -220,6 +224,13 @@ class SamplingConfig(Section):
     """Per-request sampling seed; empty draws one."""
     ignore_eos: bool = False
     """Keep generating past end-of-sequence, up to max_tokens (benchmarks, fixed-length rollouts)."""
+
+    @model_validator(mode="after")
+    def _several_need_sampling(self) -> SamplingConfig:
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"n={self.n} completions at temperature 0 (greedy) would all be the same: "
+                             "ask for one, or raise the temperature")
+        return self
 
 
 WORKLOAD_CLASSES = {"rollout": {"priority": 0, "quota": 1.0}, "eval": {"priority": 1, "quota": 1.0},
@@ -355,8 +366,8 @@ class SandboxConfig(Section):
     """Largest program accepted; a larger request is refused before anything runs."""
     max_stdin_bytes: int = Field(1 << 20, ge=0)
     """Largest stdin accepted; it is fed without blocking, so a program that never reads it still times out."""
-    concurrency: int = Field(4, ge=1)
-    """Executions one worker runs at once."""
+    concurrency: int = Field(4, ge=1, le=64)
+    """Executions one worker runs at once (each a process; more workers, not more per worker, scale out)."""
     queue_limit: int = Field(4096, ge=1)
     """Executions waiting in the pool; submitting beyond it blocks (backpressure)."""
     max_attempts: int = Field(3, ge=1)
@@ -608,7 +619,7 @@ class RLConfig(Section):
     updates_per_step: int = Field(4, ge=1)
     """Optimizer updates per step: the step's rollouts split into this many minibatches, each one
     update, with the ratio taken against the policy that sampled (PPO-style reuse)."""
-    clip_low: float = Field(0.2, ge=0)
+    clip_low: float = Field(0.2, ge=0, lt=1)
     """Lower clip of the ratio (1 - clip_low)."""
     clip_high: float = Field(0.28, ge=0)
     """Upper clip of the ratio (1 + clip_high)."""
@@ -790,6 +801,26 @@ class FactoryConfig(Section):
     """Fault injection (chaos drills); empty by default."""
 
     @model_validator(mode="after")
+    def _completions_fit_the_context(self) -> FactoryConfig:
+        window = self.inference.max_model_len
+        asks = {"rl.max_tokens": self.rl.max_tokens, "inference.sampling.max_tokens": self.inference.sampling.max_tokens,
+                **{f"eval.suites.{i}.max_tokens": s.max_tokens for i, s in enumerate(self.eval.suites)},
+                **{f"synthetic.jobs.{i}.max_tokens": j.max_tokens for i, j in enumerate(self.synthetic.jobs)}}
+        for field, tokens in asks.items():
+            if tokens >= window:
+                raise ValueError(f"{field} ({tokens}) leaves no room for a prompt in inference.max_model_len "
+                                 f"({window}): lower it, or raise inference.max_model_len")
+        return self
+
+    @model_validator(mode="after")
+    def _batches_split_over_trainers(self) -> FactoryConfig:
+        shards = self.placement.trainer.replicas
+        if self.data.batch_size % shards:
+            raise ValueError(f"data.batch_size ({self.data.batch_size}) must divide evenly over "
+                             f"placement.trainer.replicas ({shards})")
+        return self
+
+    @model_validator(mode="after")
     def _rl_batch_splits_over_trainers(self) -> FactoryConfig:
         rows, shards = self.rl.prompts_per_step * self.rl.group_size, self.placement.trainer.replicas
         if shards and rows % (shards * self.rl.updates_per_step):
@@ -822,7 +853,7 @@ def recipe_path(recipe: str | Path | None) -> Path:
     name = str(recipe or DEFAULT_RECIPE)
     candidates = [Path(name)]
     if not name.endswith((".yaml", ".yml")):
-        candidates += [Path("recipes") / f"{name}.yaml", PROJECT_ROOT / "recipes" / f"{name}.yaml"]
+        candidates += [Path(f"{name}.yaml"), Path("recipes") / f"{name}.yaml", PROJECT_ROOT / "recipes" / f"{name}.yaml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -831,26 +862,62 @@ def recipe_path(recipe: str | Path | None) -> Path:
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> FactoryConfig:
-    """Load a recipe, apply dotted overrides, validate. Errors name the field path."""
+    """Load a recipe (on top of its `base:` recipe, if it names one), apply dotted overrides, validate.
+    Errors name the field path, and the override or recipe that set it."""
     path = recipe_path(recipe)
+    tree = recipe_tree(path)
+    for override in overrides:
+        apply_override(tree, override)
+    return validate_tree(tree, source=str(path), overrides=overrides)
+
+
+def recipe_tree(path: Path, within: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe at `path` as a tree, merged over the tree of its `base:` recipe (a name or a path
+    relative to it; bases may chain). Mappings merge key by key; a list or a value replaces the base's."""
+    from omegaconf import OmegaConf
+
+    if path.resolve() in within:
+        raise ConfigError(f"{path}: base recipes form a cycle ({' -> '.join(p.name for p in (*within, path))})")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(tree).__name__}")
-    for override in overrides:
-        apply_override(tree, override)
-    return validate_tree(tree, source=str(path))
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    relative = path.parent / str(base)
+    base_path = relative if relative.is_file() else recipe_path(base)
+    merged = OmegaConf.merge(OmegaConf.create(recipe_tree(base_path, (*within, path.resolve()))), OmegaConf.create(tree))
+    return OmegaConf.to_container(merged, resolve=False)
 
 
-def validate_tree(tree: dict[str, Any], source: str = "config") -> FactoryConfig:
-    """The validated config of `tree`; a literal secret or an invalid field raises one ConfigError line."""
+def validate_tree(tree: dict[str, Any], source: str = "config", overrides: Sequence[str] = ()) -> FactoryConfig:
+    """The validated config of `tree`; a literal secret or an invalid field raises one ConfigError line,
+    naming the override that set the field when one did, else `source`."""
     _refuse_literal_secrets(tree, source)
     try:
         return FactoryConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(err) for err in exc.errors()), source=source) from None
+        errors = exc.errors()
+        culprit = _override_of(errors, overrides)
+        raise ConfigError(describe_errors(exc), source=f"override {culprit}" if culprit else source) from None
+
+
+def _override_of(errors: list[dict[str, Any]], overrides: Sequence[str]) -> str | None:
+    """The override that set the field of every error (None when the recipe did, or several did)."""
+    culprits = set()
+    for err in errors:
+        path = ".".join(str(p) for p in err["loc"])
+        keys = [o for o in overrides if path and (o.partition("=")[0].strip() + ".").startswith(path + ".")
+                or path.startswith(o.partition("=")[0].strip() + ".")]
+        if not keys:
+            return None
+        culprits.add(keys[-1])
+    return culprits.pop() if len(culprits) == 1 else None
 
 
 def _refuse_literal_secrets(tree: dict[str, Any], source: str) -> None:
@@ -914,19 +981,57 @@ def _assign(node: Any, part: str, value: Any, path: str) -> None:
         node[part] = value
 
 
+def describe_errors(exc: ValidationError) -> str:
+    """A pydantic ValidationError as one line: a clause per error."""
+    return "; ".join(_describe(err) for err in exc.errors())
+
+
 def _describe(err: dict[str, Any]) -> str:
-    path = ".".join(str(p) for p in err["loc"]) or "config"
+    """One clause per error: the field, what is wrong, the value (never a whole section)."""
+    path = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"unknown key {path}{_suggestion(path)}"
-    return f"{path}: {err['msg']} (got {err['input']!r})" if "input" in err else f"{path}: {err['msg']}"
+    message = err["msg"].removeprefix("Value error, ")
+    if not path:  # a rule across fields: its message names them
+        return message
+    value = err.get("input")
+    if "input" in err and not isinstance(value, (dict, list)):
+        return f"{path}: {message} (got {value!r})"
+    return f"{path}: {message}"
 
 
 def _suggestion(path: str) -> str:
-    close = difflib.get_close_matches(path, all_field_paths(), n=1, cutoff=0.6)
+    """The known field closest to `path`; list indices (`data.sources.0.wieght`) are matched by
+    the fields of the list's items."""
+    parts = path.split(".")
+    index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+    if index is not None:
+        generic = ".".join([*parts[:index], "*", *parts[index + 1:]])
+        hint = _closest(generic, item_field_paths(".".join(parts[:index])))
+        return f" (did you mean {hint.replace('*', parts[index], 1)}?)" if hint else ""
+    hint = _closest(path, all_field_paths())
+    return f" (did you mean {hint}?)" if hint else ""
+
+
+def _closest(path: str, known: list[str]) -> str | None:
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
     leaf = path.rsplit(".", 1)[-1]
-    same_leaf = [p for p in all_field_paths() if p.rsplit(".", 1)[-1] == leaf]
-    hint = close or same_leaf
-    return f" (did you mean {hint[0]}?)" if hint else ""
+    same_leaf = [p for p in known if p.rsplit(".", 1)[-1] == leaf]
+    return (close or same_leaf or [None])[0]
+
+
+def item_field_paths(list_path: str) -> list[str]:
+    """`<list_path>.*.<field>` for every field of the items of the list at `list_path` (data.sources)."""
+    from typing import get_args
+
+    model: Any = FactoryConfig
+    for part in list_path.split("."):
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+    item = next((a for a in get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return [f"{list_path}.*.{p}" for p in all_field_paths(item)] if item else []
 
 
 def all_field_paths(model: type[BaseModel] = FactoryConfig, prefix: str = "") -> list[str]:

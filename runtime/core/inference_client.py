@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from runtime.core.calls import wait
-from runtime.core.cluster import actor_name
+from runtime.core.cluster import actor_name, dashboard_to_gcs
 from runtime.core.errors import CallTimeout, FactoryError, InferenceUnavailable, PeerLost, SetupNotRun
 from runtime.core.generation import GenerationRequest, GenerationResult
 
@@ -52,7 +52,7 @@ class InferenceClient:
         if not ray.is_initialized():
             maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # a cluster with token auth: send it
             address = os.environ.get("RAY_ADDRESS", "")
-            ray.init(address=address if address and not address.startswith("http") else "auto", namespace=namespace,
+            ray.init(address=dashboard_to_gcs(address) if address else "auto", namespace=namespace,
                      log_to_driver=False)
         return cls(experiment, timeout_s, namespace=namespace)
 

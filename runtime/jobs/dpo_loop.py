@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 def run_dpo(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[dict[str, Any]], int]:
     """`dpo.steps` DPO steps (from `progress.step` when resumed), then the next version to every
     server; (history, version)."""
-    from tqdm import tqdm
+    from runtime.jobs.console import progress_bar
 
     pairs = [asdict(p) for p in read_preference_pairs(cfg.dpo.pairs)]
     if not pairs:
         raise FactoryError(f"dpo.pairs: {cfg.dpo.pairs} holds no preference pairs")
     size, history, version = cfg.dpo.pairs_per_step, progress.history, progress.version + 1
-    with tqdm(range(progress.step, cfg.dpo.steps), desc="dpo", initial=progress.step, total=cfg.dpo.steps) as bar:
+    with progress_bar(range(progress.step, cfg.dpo.steps), desc="dpo", initial=progress.step, total=cfg.dpo.steps) as bar:
         for step in bar:
             parts.drill("dpo", step)
             batch = [pairs[(step * size + i) % len(pairs)] for i in range(size)]

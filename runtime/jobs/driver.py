@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from runtime.core.config import FactoryConfig
 from runtime.core.errors import FactoryError, Interrupted
 from runtime.core.generation import GenerationRequest, GenerationResult, Workload
+from runtime.jobs.console import verbose
 
 if TYPE_CHECKING:
     from runtime.jobs.parts import RunParts
@@ -36,10 +37,13 @@ class RunResult:
 def run(cfg: FactoryConfig, resume: bool = False) -> RunResult:
     """The main job; with `resume`, continue the run in `experiment.run_dir` from its newest checkpoint.
     RUN_DIR/status.json says running, then finished, failed or interrupted."""
+    from runtime.jobs import preflight
     from runtime.jobs.checkpoint import set_status
     from runtime.model.build import resolve_model
 
+    preflight.check(cfg)
     model_path = resolve_model(cfg.model, cfg.experiment.seed)
+    preflight.check_model(cfg, model_path)
     run_dir = prepare_run_dir(cfg)
     saved, progress = resume_point(run_dir, resume)
     set_status(run_dir, "running")
@@ -80,6 +84,7 @@ def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progre
 
     from runtime.core.cluster import connect
     from runtime.jobs.checkpoint import Checkpoints, stop_requests
+    from runtime.jobs.console import EventTail, collect_logs
     from runtime.jobs.parts import start
     from runtime.jobs.tracking import Tracker
     from runtime.model.versions import link_base
@@ -88,9 +93,13 @@ def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progre
     checkpoints = Checkpoints(run_dir, cfg.train.checkpoint_every, progress, tracker, say)
     say(f"model: {model_path}")
     say(f"dashboard: {connect(cfg.cluster)}")
+    if cfg.cluster.check_resources:
+        from runtime.jobs.preflight import check_resources
+
+        check_resources(cfg, ray.cluster_resources())
     link_base(run_dir, model_path)
     try:
-        with stop_requests(checkpoints, say):
+        with stop_requests(checkpoints, say), EventTail(run_dir, say):
             parts = start(cfg, model_path, run_dir, say, trainer_state=ray.put(saved.trainer_state()) if saved else None)
             checkpoints.parts, parts.checkpoints = parts, checkpoints
             try:
@@ -101,6 +110,7 @@ def run_parts(cfg: FactoryConfig, model_path: Path, run_dir: Path, saved, progre
                 parts.stop()
     finally:
         tracker.close()
+        collect_logs(run_dir)
 
 
 def restore(parts: RunParts, saved) -> None:
@@ -195,10 +205,10 @@ def finish(cfg: FactoryConfig, run_dir: Path, stages: list[dict[str, Any]], eval
 def pretrain(cfg: FactoryConfig, parts: RunParts, tracker, progress) -> list[dict[str, Any]]:
     """`train.total_steps` steps on the blended stream (from `progress.step` when resumed); metrics to
     the tracker, a progress bar to stderr, a checkpoint when due."""
-    from tqdm import tqdm
+    from runtime.jobs.console import progress_bar
 
     history = progress.history
-    with tqdm(range(progress.step, cfg.train.total_steps), desc="pre-train", initial=progress.step,
+    with progress_bar(range(progress.step, cfg.train.total_steps), desc="pre-train", initial=progress.step,
               total=cfg.train.total_steps) as bar:
         for step in bar:
             parts.drill("pretrain", step)
@@ -228,7 +238,9 @@ def prepare_run_dir(cfg: FactoryConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     exp.run_dir = str(run_dir)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    say(f"run directory: {run_dir}\n--- resolved config ---\n{cfg.to_yaml()}-----------------------")
+    say(f"run directory: {run_dir} (config.yaml, events.jsonl, metrics.jsonl; actors' output in logs/ at the end)")
+    if verbose():
+        say(f"--- resolved config ---\n{cfg.to_yaml()}-----------------------")
     return run_dir
 
 

@@ -62,7 +62,7 @@ def algorithm_of(cfg: FactoryConfig) -> PolicyGradient:
 def run_rl(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[dict[str, Any]], int]:
     """`rl.steps` steps (from `progress.step` when resumed), each publishing the next version;
     `record(metrics)` after each. Returns the history and the last version published."""
-    from tqdm import tqdm
+    from runtime.jobs.console import progress_bar
 
     ray_metrics = RLMetrics(cfg.experiment.name)
     algorithm = algorithm_of(cfg)
@@ -71,7 +71,7 @@ def run_rl(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[
     history, version = progress.history, progress.version
     classes, logged = parts.pool.stats(), len(parts.eval_rows())  # rows of earlier stages are logged already
     try:
-        with tqdm(range(progress.step, cfg.rl.steps), desc=f"rl ({cfg.rl.mode}, {algorithm.name})",
+        with progress_bar(range(progress.step, cfg.rl.steps), desc=f"rl ({cfg.rl.mode}, {algorithm.name})",
                   initial=progress.step, total=cfg.rl.steps) as bar:
             for step in bar:
                 parts.drill("rl", step)

@@ -31,6 +31,8 @@ def check(cfg: FactoryConfig, tasks_path: str, solutions_path: str | None = None
     if not Path(tasks_path).is_file():
         raise TaskFileError(f"{tasks_path}: no such task file")
     tasks = load_tasks(tasks_path)
+    if not tasks:
+        raise TaskFileError(f"{tasks_path}: no tasks (an empty file, or every line blank)")
     given = load_solutions(solutions_path) if solutions_path else None
     unknown = sorted(set(given or {}) - {t.id for t in tasks})
     if unknown:
@@ -46,7 +48,23 @@ def check(cfg: FactoryConfig, tasks_path: str, solutions_path: str | None = None
     passed = sum(r.passed for r in rewards)
     return {"tasks": len(chosen), "passed": passed, "pass_rate": round(passed / max(1, len(chosen)), 4),
             "mean_fraction": round(sum(r.fraction for r in rewards) / max(1, len(rewards)), 4),
-            "status": dict(statuses), "failed_ids": [t.id for t, r in zip(chosen, rewards) if not r.passed][:20]}
+            "status": dict(statuses), "failed_ids": [t.id for t, r in zip(chosen, rewards) if not r.passed][:20],
+            "failed": [{"task_id": t.id, "reason": reason(r)} for t, r in zip(chosen, rewards) if not r.passed][:20]}
+
+
+def reason(reward) -> str:
+    """Why a solution failed, in words: its sandbox status, or the share of cases it got right."""
+    if reward.status == "ok":
+        return f"wrong answer: {right_of(reward)}"
+    return {"failed": f"exited with an error (an exception, a failed assert or a syntax error; {right_of(reward)})",
+            "timeout": "timed out (sandbox.timeout_s)", "out_of_memory": "ran out of memory (sandbox limits)",
+            "output_limit": "printed more than sandbox.max_output_bytes",
+            "sandbox_error": "the sandbox could not run it (counted failed, never passed)",
+            }.get(reward.status, reward.status.replace("_", " "))
+
+
+def right_of(reward) -> str:
+    return f"{round(reward.fraction * reward.cases)} of {reward.cases} test cases passed"
 
 
 def serve_forever(cfg: FactoryConfig) -> None:

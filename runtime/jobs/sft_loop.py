@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 def run_sft(parts: RunParts, cfg: FactoryConfig, progress, record) -> tuple[list[dict[str, Any]], int]:
     """`sft.steps` steps on the task stream's next steps (from `progress.step` when resumed), then the
     next version to every server; (history, version)."""
-    from tqdm import tqdm
+    from runtime.jobs.console import progress_bar
 
     history, version = progress.history, progress.version + 1
-    with tqdm(range(progress.step, cfg.sft.steps), desc="sft", initial=progress.step, total=cfg.sft.steps) as bar:
+    with progress_bar(range(progress.step, cfg.sft.steps), desc="sft", initial=progress.step, total=cfg.sft.steps) as bar:
         for step in bar:
             parts.drill("sft", step)
             examples = [{"prompt": t.prompt, "completion": reference(t)} for t in parts.task_stream.next()]

@@ -4,6 +4,7 @@ row of RUN_DIR/events.jsonl (what `factory status` and the fault tests read)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ class EventLog:
         """`kind`: lost, hung, replaced, resized (a trainer group going on smaller), joined (a
         replacement joining a smaller group), scaled (the inference service added or removed a server),
         restored, republished, injected, failed."""
-        row = {"time": time.time(), "kind": kind, "role": role, "message": message, **fields}
+        row = {"time": time.time(), "kind": kind, "role": role, "message": message, "pid": os.getpid(), **fields}
         if seconds is not None:
             row["seconds"] = round(seconds, 3)
         with self._lock:

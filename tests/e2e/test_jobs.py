@@ -140,6 +140,12 @@ def test_submit_rejects_bad_config_before_touching_the_cluster(head_cluster):
                                   "(did you mean placement.inference.replicas?)")
 
 
+def test_status_of_an_unknown_job_is_one_line(head_cluster):
+    out = factory("status", "no-such-job", "--address", head_cluster)
+    assert out.returncode == 2
+    assert out.stderr.startswith("factory: error: no job no-such-job on ") and len(out.stderr.splitlines()) == 1
+
+
 def test_generate_gives_a_quick_look_at_a_checkpoint(tiny_model):
     out = factory("generate", str(tiny_model), "def f(x):", "--max-tokens", "8", "-n", "2", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -28,6 +28,8 @@ def test_canonical_solutions_pass_and_given_ones_are_judged(tmp_path):
     out = check(str(DATA / "mbpp_sample.jsonl"), "--solutions", str(solutions))
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert (summary["tasks"], summary["passed"], summary["failed_ids"]) == (1, 0, ["11"])
+    assert summary["failed"] == [{"task_id": "11", "reason": summary["failed"][0]["reason"]}]
+    assert "failed 11: " in out.stdout and "2 of 3 test cases passed" in out.stdout, out.stdout
     assert summary["mean_fraction"] == pytest.approx(2 / 3, abs=1e-3), "square(2) and square(0) happen to pass"
 
 

@@ -55,7 +55,18 @@ def fault_free(tiny_model, tmp_path_factory):
     rewards = [json.loads(line)["reward"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                if json.loads(line)["stage"] == "rl"]
     assert any(rewards), "RL must learn something, or equal weights prove nothing"
+    (run_dir / "console.txt").write_text(done.stdout + done.stderr)
     return run_dir
+
+
+def test_the_main_jobs_console_is_short_and_the_actors_output_is_in_the_run_dir(fault_free):
+    console = (fault_free / "console.txt").read_text()
+    assert len(console.splitlines()) < 40, console
+    assert "resolved config" not in console and "WARNING" not in console and "Traceback" not in console, console
+    logs = {p.name for p in (fault_free / "logs").iterdir()}
+    assert {"test-faults-sync.inference.0.err", "test-faults-sync.trainer.0.err"} <= logs, logs
+    assert "vllm" in ((fault_free / "logs" / "test-faults-sync.inference.0.err").read_text() + \
+        (fault_free / "logs" / "test-faults-sync.inference.0.out").read_text()).lower()
 
 
 @pytest.mark.parametrize("mode,kills,roles", [

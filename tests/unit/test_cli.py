@@ -21,6 +21,21 @@ def factory(*args: str) -> subprocess.CompletedProcess:
     (["generate", "/no/such/model", "hi"], "model.path: no such directory: /no/such/model"),
     (["run", "default", "noequals"], "override 'noequals' is not of the form"),
     (["run", "default", "sandbox.grpc.token=hunter2"], "sandbox.grpc.token: a secret is never a config value"),
+    (["run", "default", "placement.trainer.replicas=0"],
+     "override placement.trainer.replicas=0: placement.trainer.replicas: Input should be greater than or equal to 1"),
+    (["run", "default", "placement.inference.replicas=0"], "placement.inference.replicas: Input should be greater"),
+    (["run", "default", "placement.sandbox.replicas=0"], "placement.sandbox.replicas: Input should be greater"),
+    (["run", "default", "rl.max_tokens=1000", "inference.max_model_len=64"],
+     "rl.max_tokens (1000) leaves no room for a prompt in inference.max_model_len (64)"),
+    (["run", "default", "data.batch_size=3"],
+     "data.batch_size (3) must divide evenly over placement.trainer.replicas (2)"),
+    (["run", "default", "rl.clip_low=2"], "override rl.clip_low=2: rl.clip_low: Input should be less than 1 (got 2)"),
+    (["run", "default", "sandbox.concurrency=1000"], "sandbox.concurrency: Input should be less than or equal to 64"),
+    (["run", "default", "data.sources.0.wieght=2"], "unknown key data.sources.0.wieght (did you mean data.sources.0.weight?)"),
+    (["run", "default", "data.sources=[{name: g, type: generator, generator: arithmetik}]"],
+     "data.sources.0 (g): unknown generator arithmetik (known: function_examples"),
+    (["run", "default", "data.seq_len=5000"], "data.seq_len (5000) is beyond the model's 1024 positions"),
+    (["generate", "default", "hi", "-n", "3", "--temperature", "0"], "n=3 completions at temperature 0 (greedy)"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
     out = factory(*args, f"experiment.runs_root={tmp_path}") if args[0] == "run" else factory(*args)
@@ -43,3 +58,45 @@ def test_config_prints_the_resolved_tree():
     out = factory("config", "default", "placement.inference.replicas=5")
     assert out.returncode == 0, out.stderr
     assert "replicas: 5" in out.stdout and "hidden_size: 128" in out.stdout
+
+
+def test_a_rule_across_fields_is_one_short_line_without_the_tree():
+    out = factory("config", "default", "data.batch_size=3")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("factory: error: recipes/default.yaml: data.batch_size (3) must divide evenly over "
+                                  "placement.trainer.replicas (2)")
+
+
+@pytest.mark.parametrize("content, field, message", [
+    ('{"task_id": "a", "prompt": "p", "answer": "1"}\n{"task_id": "b", "prompt": "q", "answer": "2"}\n{"task_id": oops\n',
+     "rl.tasks.sources", "rl.tasks.sources.0 (mine): {path}:3: malformed line"),
+    ('{"task_id": "a", "prompt": "p"}\n', "rl.tasks.sources", "rl.tasks.sources.0 (mine): task source mine"),
+    ("", "data.sources", "data.sources.0 (mine): no documents in {path}"),
+    ("\n\n", "data.sources", "data.sources.0 (mine): no documents in {path}"),
+])
+def test_what_a_run_reads_is_checked_before_anything_starts(content, field, message, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text(content)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    out = factory("run", "default", f"{field}=[{{name: mine, type: jsonl, paths: [{data}], text_field: '*'}}]",
+                  f"experiment.runs_root={runs}")
+    assert out.returncode == 2, out
+    assert out.stderr.startswith(f"factory: error: {message.format(path=data)}"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert "dashboard" not in out.stdout, "preflight runs before the cluster starts"
+    assert not list(runs.iterdir()), "a rejected run leaves nothing behind"
+
+
+def test_an_empty_task_file_for_sandbox_check_is_one_line_before_ray(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = factory("sandbox", "check", str(empty))
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"factory: error: {empty}: no tasks (an empty file, or every line blank)"
+
+
+def test_version():
+    out = factory("--version")
+    assert out.returncode == 0 and out.stdout.startswith("factory 0.")
+

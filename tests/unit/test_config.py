@@ -55,7 +55,7 @@ def test_missing_recipe_lists_known_ones():
 def test_invalid_yaml_recipe_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("experiment: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: not valid YAML"):
         load_config(str(bad))
 
 
@@ -97,3 +97,21 @@ def test_config_and_cli_import_without_heavy_modules():
             " print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_recipe_extends_another_through_base(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("base: default\nrl: {steps: 5}\nplacement: {inference: {num_cpus: 0.5}}\n")
+    (tmp_path / "theirs.yaml").write_text("base: mine.yaml\nrl: {group_size: 4}\n")
+    mine = load_config("mine")  # ./mine.yaml, found by name
+    assert mine == load_config("default", ["rl.steps=5", "placement.inference.num_cpus=0.5"])
+    assert mine.placement.inference.replicas == 2, "a mapping merges key by key over its base"
+    assert load_config("theirs") == load_config("default", ["rl.steps=5", "placement.inference.num_cpus=0.5",
+                                                            "rl.group_size=4"])
+
+
+def test_base_recipes_that_form_a_cycle_are_one_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"base recipes form a cycle \(a.yaml -> b.yaml -> a.yaml\)"):
+        load_config(tmp_path / "a.yaml")
