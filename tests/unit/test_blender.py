@@ -24,7 +24,7 @@ def make(tmp_path, tiny_model):
 
     def make(*overrides, run_dir=None):
         cfg = load_config("default", [f"model.path={tiny_model}", f"experiment.run_dir={run_dir or tmp_path / 'run'}",
-                                      *BLEND, *overrides])
+                                      "placement.trainer.replicas=1", *BLEND, *overrides])  # a blender alone
         blender = DataBlender(cfg.data, cfg.experiment.seed, cfg.experiment.run_dir, tiny_model)
         blender.setup()
         started.append(blender)
