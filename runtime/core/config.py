@@ -46,9 +46,11 @@ class ExperimentConfig(Section):
     """Directory under which each run gets `<name>-<UTC timestamp>`, unless `run_dir` is set."""
     run_dir: str | None = None
     """Exact run directory; resolved from `runs_root` when left empty."""
-    trackers: list[Literal["tensorboard", "mlflow"]] = []
-    """Trackers beside metrics.jsonl: tensorboard (event files in RUN_DIR/tensorboard) and mlflow
-    (a run in MLFLOW_TRACKING_URI, else RUN_DIR/mlruns; needs `pip install mlflow`)."""
+    trackers: list[Literal["wandb", "tensorboard", "mlflow"]] = []
+    """Trackers beside metrics.jsonl, at the run's global training step: wandb (offline in RUN_DIR/wandb
+    unless WANDB_MODE=online; WANDB_PROJECT, default model-factory), tensorboard (event files in
+    RUN_DIR/tensorboard; `tensorboard --logdir RUN_DIR/tensorboard`) and mlflow (a run in
+    MLFLOW_TRACKING_URI, else RUN_DIR/mlruns). wandb, mlflow and the viewer: the [trackers] extra."""
 
 
 PRESETS: dict[str, dict[str, int]] = {

@@ -197,7 +197,7 @@ def finish(cfg: FactoryConfig, run_dir: Path, stages: list[dict[str, Any]], eval
                "rl_reward_first_last": [rl[0]["reward"], rl[-1]["reward"]] if rl else None,
                "evals": eval_curves(run_dir, evaluated), "synthetic": synthetic_totals(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(records, rows, run_dir / "plot.png")
+    plot(records, rows, run_dir / "plot.png", summary["evals"]["curves"])
     say(f"summary ({run_dir}):\n{table(rows, summary['evals'], summary['synthetic'])}")
     return summary
 

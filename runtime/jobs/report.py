@@ -66,28 +66,45 @@ def table(stages: list[dict[str, Any]], evals: dict[str, Any] | None = None,
                         f"{t['batches']} batches" for name, t in (synthetic or {}).items())])
 
 
-def plot(records: list[dict[str, Any]], stages: list[dict[str, Any]], path: Path) -> Path:
-    """Three panels: training loss per step (pre-training, SFT, RL), RL reward per step, pass@1 per stage."""
+def plot(records: list[dict[str, Any]], stages: list[dict[str, Any]], path: Path,
+         curves: dict[str, list] | None = None) -> Path:
+    """One panel per training stage's loss (each on its own scale), RL reward per step, and pass@1:
+    after each stage (labelled points) and each Evaluator suite over weight versions."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss, reward, passed) = plt.subplots(1, 3, figsize=(14, 4))
-    offset = 0
-    for stage in ("pretrain", "sft", "rl"):
-        rows = [r for r in records if r.get("stage") == stage and "loss" in r]
-        if rows:
-            loss.plot([offset + i + 1 for i in range(len(rows))], [r["loss"] for r in rows], label=stage)
-            offset += len(rows)
-    loss.set(title="training loss", xlabel="step")
-    loss.legend()
-    rl = [r for r in records if r.get("stage") == "rl"]
+    losses = [(stage, [r for r in records if r.get("stage") == stage and "loss" in r])
+              for stage in ("pretrain", "sft", "dpo", "rl")]
+    losses = [(stage, rows) for stage, rows in losses if rows]
+    fig, axes = plt.subplots(1, len(losses) + 2, figsize=(4.5 * (len(losses) + 2), 4))
+    for ax, (stage, rows) in zip(axes, losses):
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+        ax.set(title=f"{stage} loss", xlabel=f"{stage} step")
+    reward, passed = axes[-2], axes[-1]
+    rl = [r for r in records if r.get("stage") == "rl" and "reward" in r]
     reward.plot([r["step"] for r in rl], [r["reward"] for r in rl], marker=".")
     reward.set(title="RL reward (mean over rollouts)", xlabel="RL step", ylim=(0, 1))
-    passed.bar([s["stage"] for s in stages], [s["pass_at_1"] for s in stages])
-    passed.set(title="pass@1 on held-out tasks, after each stage", ylim=(0, 1))
+    _pass_at_1(passed, stages, curves or {})
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def _pass_at_1(ax, stages: list[dict[str, Any]], curves: dict[str, list]) -> None:
+    done = [s for s in stages if s.get("pass_at_1") is not None]
+    ax.plot(range(len(done)), [s["pass_at_1"] for s in done], marker="o", label="after each stage")
+    for x, s in enumerate(done):
+        ax.annotate(f"{s['stage']}\n{s['pass_at_1']:.3f}", (x, s["pass_at_1"]), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize=8)
+    ax.set(title="pass@1 on held-out tasks", xlabel="stage", ylim=(0, 1.05))
+    ax.set_xticks(range(len(done)), [s["stage"] for s in done])
+    if curves:
+        versions = ax.twiny()
+        for suite, points in curves.items():
+            versions.plot([v for v, _ in points], [score for _, score in points], marker=".", linestyle="--",
+                          label=f"{suite} (Evaluator)")
+        versions.set_xlabel("weight version (Evaluator)")
+        versions.legend(loc="upper right", fontsize=8)

@@ -1,7 +1,11 @@
-"""Where a run's figures go: RUN_DIR/metrics.jsonl always; TensorBoard and MLflow when chosen.
+"""Where a run's figures go: RUN_DIR/metrics.jsonl always; Weights & Biases, TensorBoard and
+MLflow when chosen (`experiment.trackers`; `pip install 'model-factory[trackers]'`).
 
-Every record is one JSON object with a `stage` and a `step`; its numeric fields become
-scalars named `<stage>/<field>` in the trackers, at the record's step.
+Every record is one JSON object with a `stage` and a `step` (within its stage); its numeric
+fields become scalars named `<stage>/<field>` in the trackers, at the run's global training
+step: the steps of the training stages before it plus its own, and for an evaluation the
+steps trained so far. So pass@1 after pre-training sits at the last pre-training step, and
+W&B, which wants steps that only grow, takes every stage.
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ from runtime.core.errors import FactoryError
 class Tracker:
     def __init__(self, run_dir: Path, trackers: list[str], experiment: str):
         path = run_dir / "metrics.jsonl"
-        self.lines = len(path.read_text().splitlines()) if path.is_file() else 0
+        earlier = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        self.lines = len(earlier)
         """Records in metrics.jsonl (what a checkpoint notes, so a resume drops the later ones)."""
+        self._offset, self._stage, self._steps = 0, None, 0
+        for record in earlier:  # a resumed run goes on counting global steps where it stopped
+            self.global_step(record)
         self.jsonl = open(path, "a")
         self.sinks = [make_sink(kind, run_dir, experiment) for kind in trackers]
 
@@ -26,14 +34,28 @@ class Tracker:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         self.lines += 1
+        step = self.global_step(record)
         scalars = scalars_of({k: v for k, v in record.items() if k != "step"}, record["stage"])
         for sink in self.sinks:
-            sink.log(scalars, int(record.get("step", 0)))
+            sink.log(scalars, step)
+
+    def global_step(self, record: dict[str, Any]) -> int:
+        """The record's step over the whole run (see the module docstring)."""
+        stage, step = record["stage"], int(record.get("step", 0))
+        if stage not in TRAINING_STAGES:
+            return self._offset + self._steps
+        if stage != self._stage:
+            self._offset, self._stage, self._steps = self._offset + self._steps, stage, 0
+        self._steps = max(self._steps, step)
+        return self._offset + step
 
     def close(self) -> None:
         self.jsonl.close()
         for sink in self.sinks:
             sink.close()
+
+
+TRAINING_STAGES = ("pretrain", "sft", "dpo", "rl")
 
 
 def scalars_of(record: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -48,11 +70,49 @@ def scalars_of(record: dict[str, Any], prefix: str) -> dict[str, float]:
 
 
 def make_sink(kind: str, run_dir: Path, experiment: str):
+    if kind == "wandb":
+        return WandbSink(run_dir, experiment)
     if kind == "tensorboard":
         return TensorBoardSink(run_dir / "tensorboard")
     if kind == "mlflow":
         return MlflowSink(run_dir, experiment)
-    raise FactoryError(f"experiment.trackers: unknown tracker {kind!r} (known: tensorboard, mlflow)")
+    raise FactoryError(f"experiment.trackers: unknown tracker {kind!r} (known: wandb, tensorboard, mlflow)")
+
+
+def _needs(module: str, tracker: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise FactoryError(f"experiment.trackers: {tracker} is chosen but not installed "
+                           f"(pip install {module}, or the project's [trackers] extra)") from None
+
+
+class WandbSink:
+    """A W&B run in RUN_DIR/wandb, offline unless WANDB_MODE says otherwise (`wandb sync
+    RUN_DIR/wandb/offline-run-*` uploads it later); the config is the run's resolved tree."""
+
+    def __init__(self, run_dir: Path, experiment: str):
+        wandb = _needs("wandb", "wandb")
+        config_path = run_dir / "config.yaml"
+        config = _yaml(config_path) if config_path.is_file() else {}
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "model-factory"), group=experiment,
+                              name=run_dir.name, dir=str(run_dir), config=config,
+                              mode=os.environ.get("WANDB_MODE", "offline"),
+                              settings=wandb.Settings(silent=True, console="off"))
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
 
 
 class TensorBoardSink:
@@ -71,10 +131,7 @@ class TensorBoardSink:
 
 class MlflowSink:
     def __init__(self, run_dir: Path, experiment: str):
-        try:
-            import mlflow
-        except ImportError:
-            raise FactoryError("experiment.trackers: mlflow is chosen but not installed (pip install mlflow)") from None
+        mlflow = _needs("mlflow", "mlflow")
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             mlflow.set_tracking_uri((run_dir / "mlruns").as_uri())
         mlflow.set_experiment(experiment)
