@@ -113,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("run_dir", metavar="RUN_DIR")
     tr.add_argument("--step", type=int, required=True)
     tr.add_argument("--top", type=int, default=10, help="highest-loss samples to show")
+    tr.add_argument("--json", action="store_true", help="print the trace as one JSON object instead of the table")
     sandbox = sub.add_parser("sandbox", help="sandboxed code execution").add_subparsers(required=True, metavar="ACTION")
     check = _command(sandbox, "check", cmd_sandbox_check, "run tasks' solutions through the sandbox pool")
     check.add_argument("tasks", metavar="TASKS.jsonl")
@@ -322,8 +323,7 @@ def cmd_trace(args) -> int:
     from runtime.data.trace import render, trace
 
     result = trace(args.run_dir, args.step, args.top)
-    print(render(result))
-    print(json.dumps(result))
+    print(json.dumps(result) if args.json else render(result))
     return 0
 
 

@@ -30,6 +30,7 @@ class BlendStore:
     def __init__(self, path: Path | str, read_only: bool = False):
         self.path = Path(path)
         self.lock = threading.Lock()
+        self.read_only = read_only
         if read_only:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
             return
@@ -124,5 +125,8 @@ class BlendStore:
         return {step: json.loads(state) for step, state in rows}
 
     def close(self) -> None:
+        """Fold the write-ahead log into the file first, so the .sqlite alone holds every step."""
         with self.lock:
+            if not self.read_only:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self.db.close()

@@ -9,6 +9,7 @@ transformers, vLLM, `factory generate` and the playground all load it.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -44,12 +45,20 @@ def save_version(run_dir: Path | str, version: int, weights: Mapping[str, Any], 
 
 
 def link_base(run_dir: Path | str, base: Path | str) -> Path:
-    """Version 0 is the model the run started from."""
+    """Version 0 is the model the run started from: its files hard-linked into the run directory
+    (copied across filesystems), so a copied or moved run directory is whole."""
     out = version_dir(run_dir, 0)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
-        out.symlink_to(Path(base).resolve(), target_is_directory=True)
+        shutil.copytree(Path(base).resolve(), out, copy_function=_link_or_copy)
     return out
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
 
 
 def list_models(run_dir: Path | str) -> dict[str, Path]:

@@ -69,6 +69,17 @@ def test_the_main_jobs_console_is_short_and_the_actors_output_is_in_the_run_dir(
         (fault_free / "logs" / "test-faults-sync.inference.0.out").read_text()).lower()
 
 
+def test_a_finished_run_directory_is_whole_when_copied(fault_free, tmp_path):
+    import shutil
+    import sqlite3
+
+    copy = Path(shutil.copytree(fault_free, tmp_path / "copy", symlinks=True))
+    assert not (copy / "versions" / "v0").is_symlink() and (copy / "versions" / "v0" / "config.json").is_file()
+    assert not list(copy.glob("*.sqlite-wal")), "the write-ahead logs are folded into the .sqlite files"
+    steps = sqlite3.connect(copy / "blender.sqlite").execute("SELECT COUNT(DISTINCT step) FROM documents").fetchone()[0]
+    assert steps >= 60, "every pre-training step's documents are in the file alone"
+
+
 @pytest.mark.parametrize("mode,kills,roles", [
     ("sync", SYNC_KILLS, {"trainer": 2, "blender": 1, "inference": 2, "broadcaster": 2, "tasks": 2, "sandbox": 2,
                           "evaluator": 1, "service": 1}),

@@ -167,17 +167,19 @@ def test_factory_trace_finds_the_documents_of_a_step(make, tmp_path):
     served = [blender.batch(step) for step in range(3)]
     expected = [(m["source"], p["doc_id"]) for m in served[1]["manifest"] for p in m["pieces"]]
     factory = str(Path(sys.executable).parent / "factory")
-    out = subprocess.run([factory, "trace", str(tmp_path / "traced"), "--step", "1"], capture_output=True, text=True)
+    table = subprocess.run([factory, "trace", str(tmp_path / "traced"), "--step", "1"], capture_output=True, text=True)
+    assert table.returncode == 0 and not table.stdout.lstrip().startswith("{"), "a table for people by default"
+    out = subprocess.run([factory, "trace", str(tmp_path / "traced"), "--step", "1", "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout)
     assert [(d["source"], d["doc_id"]) for d in result["documents"]] == expected
     assert result["highest_loss"] == []
 
     db = sqlite3.connect(tmp_path / "traced" / "blender.sqlite")
     db.executemany("INSERT INTO sample_losses VALUES (1, ?, ?)", [(0, 0.5), (2, 9.0), (1, 2.0)])
     db.commit()
-    result = json.loads(subprocess.run([factory, "trace", str(tmp_path / "traced"), "--step", "1", "--top", "2"],
-                                       capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    result = json.loads(subprocess.run([factory, "trace", str(tmp_path / "traced"), "--step", "1", "--top", "2", "--json"],
+                                       capture_output=True, text=True).stdout)
     assert [h["sample"] for h in result["highest_loss"]] == [2, 1]
     assert result["highest_loss"][0]["documents"][0]["doc_id"] == served[1]["manifest"][2]["pieces"][0]["doc_id"]
     missing = subprocess.run([factory, "trace", str(tmp_path / "traced"), "--step", "99"], capture_output=True, text=True)
