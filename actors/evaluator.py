@@ -30,7 +30,7 @@ from typing import Any
 from ray import method
 
 from rl import procedural
-from rl.scoring import score
+from rl.scoring import answer_reward_of, score
 from rl.tasks import AnswerTask, TaskFileError, task_of
 from runtime.core.cluster import HEALTH_GROUP
 from runtime.core.config import EvalSuite, FactoryConfig, SamplingConfig
@@ -126,7 +126,7 @@ class Evaluator:
 
     def _tested(self, tasks: list, results: list) -> dict[str, Any]:
         """Code tests in the sandbox workers, or the exact answer: the mean success."""
-        rewards, statuses = score(self.runner, tasks, results)
+        rewards, statuses = score(self.runner, tasks, results, answer_reward_of(self.cfg.rl.reward))
         return {"score": rewards.mean().item(), "sandbox_errors": sum(st.count("sandbox_error") for st in statuses)}
 
     def _judged(self, suite: EvalSuite, tasks: list, results: list) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from runtime.core.config import FactoryConfig, load_config, validate_tree
 from runtime.core.errors import ConfigError, FactoryError
@@ -28,14 +28,17 @@ class FactoryClient:
         self.address = address
 
     @staticmethod
-    def load(recipe: str | None = None, overrides: list[str] = ()) -> FactoryConfig:
-        return load_config(recipe, list(overrides))
+    def load(recipe: str | None = None, overrides: Sequence[str] | str = ()) -> FactoryConfig:
+        """The recipe with `overrides`: a list (`["rl.steps=5", "rl.mode=async"]`) or one string as
+        a shell would split it (`"rl.steps=5 rl.mode=async"`)."""
+        return load_config(recipe, split_overrides(overrides))
 
     @staticmethod
     def run(cfg: FactoryConfig):
+        """Run here; `cfg` is checked again first (fields set on it directly skip the tree's rules)."""
         from runtime.jobs import driver
 
-        return driver.run(cfg)
+        return driver.run(checked(cfg))
 
     @staticmethod
     def evaluate(target: str, suites: list[str] | None = None, overrides: list[str] = (),
@@ -86,13 +89,23 @@ class FactoryClient:
 
         return describe(run_dir)
 
-    def submit(self, cfg: FactoryConfig, entrypoint: str = "factory run --config-env " + CONFIG_ENV) -> str:
-        """Submit the resolved config as a Ray job; returns the job id."""
+    def submit(self, cfg: FactoryConfig, entrypoint: str = "factory run --config-env " + CONFIG_ENV,
+               working_dir: str | os.PathLike | None = None, runtime_env: dict | None = None) -> str:
+        """Submit the resolved config as a Ray job; returns the job id. `working_dir` (a local
+        directory) is uploaded and the job runs in it, so local code (a reward function, a task
+        generator, changes to the project itself) reaches the cluster; `runtime_env` is any Ray
+        runtime environment (pip, env_vars, py_modules) the job's processes get."""
+        cfg = checked(cfg)  # before the cluster is touched, not 3 s into the job
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        env = dict(runtime_env or {})
+        env["env_vars"] = {**env.get("env_vars", {}), CONFIG_ENV: cfg.model_dump_json()}
+        if working_dir:  # run from it with -m, so its modules (and a project checkout) come first
+            env["working_dir"] = str(working_dir)
+            entrypoint = entrypoint.replace("factory run ", "python -m runtime.cli.main run ", 1)
         return self._jobs().submit_job(
             entrypoint=entrypoint,
             submission_id=f"{cfg.experiment.name}-{stamp}-{os.urandom(2).hex()}",
-            runtime_env={"env_vars": {CONFIG_ENV: cfg.model_dump_json()}},
+            runtime_env=env,
             metadata={"experiment": cfg.experiment.name},
         )
 
@@ -148,6 +161,17 @@ class FactoryClient:
             return JobSubmissionClient(self.address)
         except ConnectionError as exc:
             raise FactoryError(f"cannot reach a Ray cluster at {self.address or 'RAY_ADDRESS/local'}: {exc}") from None
+
+
+def split_overrides(overrides: Sequence[str] | str) -> list[str]:
+    import shlex
+
+    return shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
+
+
+def checked(cfg: FactoryConfig) -> FactoryConfig:
+    """`cfg` validated again as a whole tree: one ConfigError line for what was set on it directly."""
+    return validate_tree(cfg.model_dump(mode="json"), source="the config given to FactoryClient")
 
 
 def config_from_env(name: str = CONFIG_ENV) -> FactoryConfig:

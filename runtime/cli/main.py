@@ -79,6 +79,10 @@ def parser() -> argparse.ArgumentParser:
     _recipe_args(submit)
     _address(submit)
     submit.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
+    submit.add_argument("--working-dir", metavar="DIR", help="upload this directory and run the job in it "
+                        "(local code: a reward function, a task generator, your changes)")
+    submit.add_argument("--runtime-env", metavar="YAML", help="a Ray runtime environment for the job, inline "
+                        "(`{pip: [mylib]}`) or a YAML/JSON file")
     for name, fn, text in [("status", cmd_status, "a job's status, or a run directory's (running, finished, "
                                                    "failed, interrupted, lost; resumable or not)"), ("logs", cmd_logs, "a job's logs"),
                            ("stop", cmd_stop, "stop a job")]:
@@ -181,7 +185,7 @@ def cmd_submit(args) -> int:
     from runtime.cli.client import FactoryClient
 
     client = FactoryClient(args.address)
-    job_id = client.submit(_load(args))
+    job_id = client.submit(_load(args), working_dir=args.working_dir, runtime_env=_runtime_env(args.runtime_env))
     where = f" --address {args.address}" if args.address else ""
     print(f"submitted job {job_id}")
     print(f"follow it with: factory logs {job_id} --follow{where}   (or in the Ray dashboard, Jobs tab)")
@@ -190,6 +194,24 @@ def cmd_submit(args) -> int:
         print(f"job {job_id}: {status}")
         return 0 if status == "SUCCEEDED" else 1
     return 0
+
+
+def _runtime_env(text: str | None) -> dict | None:
+    """--runtime-env: inline YAML/JSON or a file of it; one clear line when it is neither a mapping nor a file."""
+    from pathlib import Path
+
+    import yaml
+
+    if text is None:
+        return None
+    source = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        env = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        raise FactoryError(f"--runtime-env: not valid YAML or JSON ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(env, dict):
+        raise FactoryError(f"--runtime-env: expected a mapping such as {{pip: [mylib]}} or a file of one, got {text!r}")
+    return env
 
 
 def cmd_status(args) -> int:

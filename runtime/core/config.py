@@ -597,6 +597,10 @@ class RLConfig(Section):
     is dropped (and counted, reason `stale`)."""
     queue_steps: int = Field(2, ge=1)
     """async: steps of scored rollouts the producer may hold ready."""
+    reward: str | None = None
+    """A reward of your own for answer tasks: an importable `module:function(prompt, completion, answer)`
+    returning a number in [0, 1] (rl/rewards/custom.py); empty uses the exact answer. Code tasks are
+    always judged by their tests in the sandbox."""
     tasks: TaskStreamConfig = TaskStreamConfig()
     """The task stream."""
     prompts_per_step: int = Field(64, ge=1)

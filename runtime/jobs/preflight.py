@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rl.preferences import read_preference_pairs
+from rl.rewards.custom import load_reward
 from rl.tasks import parse_line
 from runtime.core.config import DataConfig, FactoryConfig, SourceConfig
 from runtime.core.errors import FactoryError
@@ -39,6 +40,8 @@ def check(cfg: FactoryConfig) -> None:
     for i, suite in enumerate(cfg.eval.suites):
         if suite.path:
             _rows(f"eval.suites.{i}.path", suite.path, parse=None if suite.type == "judge" else _task)
+    if cfg.rl.reward:
+        load_reward(cfg.rl.reward)  # its errors name rl.reward
     if cfg.dpo.steps and cfg.dpo.pairs:
         _read("dpo.pairs", cfg.dpo.pairs, lambda: read_preference_pairs(cfg.dpo.pairs))
     for i, job in enumerate(cfg.synthetic.jobs):

@@ -27,7 +27,7 @@ import torch
 
 from rl import procedural
 from rl.algorithms import PolicyGradient, policy_gradient
-from rl.scoring import score
+from rl.scoring import answer_reward_of, score
 from runtime.core.config import FactoryConfig, SamplingConfig
 from runtime.core.errors import FactoryError
 from runtime.core.generation import GenerationRequest, GenerationResult, Workload
@@ -146,7 +146,8 @@ def collect(parts: RunParts, cfg: FactoryConfig, sampling: SamplingConfig | None
             chunk = tasks[first : first + size]
             results = sample(parts.pool, chunk, cfg, cfg.rl.group_size, Workload.ROLLOUT, sampling,
                              seeds[first : first + size])
-            scoring.append((chunk, results, scorer.submit(score, parts.sandbox, chunk, results)))
+            scoring.append((chunk, results, scorer.submit(score, parts.sandbox, chunk, results,
+                                                          answer_reward_of(cfg.rl.reward))))
         groups = []
         for chunk, results, scored in scoring:
             rewards, statuses = scored.result(timeout=cfg.inference.request_timeout_s)

@@ -140,6 +140,36 @@ def test_submit_rejects_bad_config_before_touching_the_cluster(head_cluster):
                                   "(did you mean placement.inference.replicas?)")
 
 
+def test_a_job_ships_local_code_a_reward_of_ones_own_and_the_ray_tools_see_it(head_cluster, tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "my_reward.py").write_text("def generous(prompt, completion, answer):\n    return 1.0\n")
+    (code / "answers.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"{i} + {i} =", "answer": str(2 * i)})
+                                                + "\n" for i in range(24)))
+    runs = tmp_path / "runs"
+    out = factory("submit", "default", "placement.inference.replicas=1", "placement.trainer.replicas=1",
+                  "train.total_steps=10", "rl.steps=2", "rl.prompts_per_step=8", "rl.eval_tasks=8", "rl.eval_samples=2",
+                  "eval.every=0", "rl.reward=my_reward:generous", f"experiment.runs_root={runs}",
+                  "rl.tasks.sources=[{name: answers, type: jsonl, paths: [answers.jsonl], text_field: '*'}]",
+                  "--working-dir", str(code),
+                  "--address", head_cluster, "--wait", timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    [run_dir] = runs.iterdir()
+    rl = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+          if json.loads(line)["stage"] == "rl"]
+    assert [r["reward"] for r in rl] == [1.0, 1.0], "every completion scored by the shipped reward"
+
+    # the Ray CLI beside it, as the README says: the cluster's address and the token mode
+    env = {**os.environ, "RAY_ADDRESS": HEAD["gcs"], "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    actors = subprocess.run([str(BIN / "ray"), "list", "actors", "--limit", "1000", "--format", "json"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert actors.returncode == 0, actors.stderr[-2000:]
+    assert "factory/service/0" in {a.get("name") for a in json.loads(actors.stdout)}
+    jobs = subprocess.run([str(BIN / "ray"), "job", "list", "--address", head_cluster],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert jobs.returncode == 0 and out.stdout.split("submitted job ", 1)[1].split()[0] in jobs.stdout, jobs.stderr
+
+
 def test_status_of_an_unknown_job_is_one_line(head_cluster):
     out = factory("status", "no-such-job", "--address", head_cluster)
     assert out.returncode == 2

@@ -100,3 +100,25 @@ def test_version():
     out = factory("--version")
     assert out.returncode == 0 and out.stdout.startswith("factory 0.")
 
+
+
+def test_the_python_client_checks_a_config_again_before_submitting():
+    from runtime.cli.client import FactoryClient
+    from runtime.core.errors import ConfigError
+
+    cfg = FactoryClient.load("default", "rl.steps=5 rl.mode=async")  # a string, split as a shell would
+    assert (cfg.rl.steps, cfg.rl.mode) == (5, "async")
+    cfg.data.batch_size = 3  # set directly: no check ran
+    with pytest.raises(ConfigError, match=r"the config given to FactoryClient: data.batch_size \(3\) must divide"):
+        FactoryClient("http://127.0.0.1:9").submit(cfg)  # refused before any connection is tried
+
+
+def test_runtime_env_is_inline_yaml_or_a_file(tmp_path):
+    from runtime.cli.main import _runtime_env
+    from runtime.core.errors import FactoryError
+
+    assert _runtime_env("{pip: [six], env_vars: {A: b}}") == {"pip": ["six"], "env_vars": {"A": "b"}}
+    (tmp_path / "env.yaml").write_text("working_dir: .\n")
+    assert _runtime_env(str(tmp_path / "env.yaml")) == {"working_dir": "."}
+    with pytest.raises(FactoryError, match="--runtime-env: expected a mapping"):
+        _runtime_env("nope.yaml")

@@ -48,3 +48,36 @@ def test_a_code_task_file_refuses_answer_tasks_by_line(tmp_path):
     path.write_text(json.dumps(task_record(random.Random(0))) + "\n" + '{"prompt": "1 + 1 =", "answer": "2"}\n')
     with pytest.raises(TaskFileError, match=rf"{path}:2: an answer task"):
         load_tasks(path)
+
+
+def generous(prompt, completion, answer):
+    return 1.0 if completion.strip() else 0.5
+
+
+def test_a_reward_of_ones_own_scores_answer_tasks(runner):
+    from rl.scoring import answer_reward_of
+
+    answer = AnswerTask("q", "2 + 2 =", "4")
+    rewards, statuses = score(runner, [answer], [result(" 5", " ")],
+                              answer_reward_of("tests.unit.test_rl_scoring:generous"))
+    assert rewards.tolist() == [[1.0, 0.5]] and statuses == [["custom", "custom"]]
+
+
+@pytest.mark.parametrize("path, message", [
+    ("nocolon", "is not of the form module:function"),
+    ("no_such_module_here:f", "cannot import no_such_module_here:f"),
+    ("json:loads_nothing", "cannot import json:loads_nothing"),
+    ("tests.unit.test_rl_scoring:MARGIN_NOT_HERE", "cannot import"),
+])
+def test_a_reward_that_cannot_be_had_is_one_line_naming_rl_reward(path, message):
+    from rl.rewards.custom import RewardError, load_reward
+
+    with pytest.raises(RewardError, match=rf"^rl.reward: .*{message}"):
+        load_reward(path)
+
+
+def test_a_reward_outside_zero_to_one_is_refused(runner):
+    from rl.rewards.custom import RewardError, checked
+
+    with pytest.raises(RewardError, match=r"rl.reward: mine returned 7 for a completion"):
+        score(runner, [AnswerTask("q", "p", "1")], [result(" 1")], checked(lambda p, c, a: 7, "mine"))
