@@ -155,6 +155,9 @@ class FactoryClient:
         )
         from ray.job_submission import JobSubmissionClient
 
+        from runtime.core.cluster import quiet_ray
+
+        quiet_ray()
         # As ray.init does: send the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) if there is one.
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         try:

@@ -70,3 +70,12 @@ def dashboard_to_gcs(address: str) -> str:
                           "it on the head node")
     os.environ.pop("RAY_ADDRESS", None)  # ray.init reads it again for `auto`
     return "auto"
+
+
+def quiet_ray() -> None:
+    """Ray's own notices (token auth is on, a local instance started) stay off this process's
+    console unless FACTORY_VERBOSE: they are not what the user asked for."""
+    if os.environ.get("FACTORY_VERBOSE") != "1":
+        import ray  # noqa: F401  (its import sets up the logger this quiets)
+
+        logging.getLogger("ray").setLevel(logging.ERROR)

@@ -892,6 +892,7 @@ def recipe_tree(path: Path, within: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(tree).__name__}")
+    _anchor_files(tree, path.parent)
     base = tree.pop("base", None)
     if base is None:
         return tree
@@ -899,6 +900,33 @@ def recipe_tree(path: Path, within: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = relative if relative.is_file() else recipe_path(base)
     merged = OmegaConf.merge(OmegaConf.create(recipe_tree(base_path, (*within, path.resolve()))), OmegaConf.create(tree))
     return OmegaConf.to_container(merged, resolve=False)
+
+
+def _anchor_files(tree: dict[str, Any], here: Path) -> None:
+    """Data, task, eval and preference files a recipe names relative to itself (`data/tasks.jsonl`
+    beside `recipes/mine.yaml`) become absolute; others stay relative to the working directory."""
+    import glob
+
+    def anchored(name: Any) -> Any:
+        if not isinstance(name, str) or Path(name).is_absolute() or not glob.glob(str(here / name)):
+            return name
+        return str((here / name).resolve())
+
+    def section(*keys: str) -> Any:
+        node: Any = tree
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    for sources in (section("data", "sources"), section("rl", "tasks", "sources")):
+        for source in sources if isinstance(sources, list) else []:
+            if isinstance(source, dict) and isinstance(source.get("paths"), list):
+                source["paths"] = [anchored(p) for p in source["paths"]]
+    for suite in section("eval", "suites") if isinstance(section("eval", "suites"), list) else []:
+        if isinstance(suite, dict) and "path" in suite:
+            suite["path"] = anchored(suite["path"])
+    if isinstance(section("dpo"), dict) and "pairs" in tree["dpo"]:
+        tree["dpo"]["pairs"] = anchored(tree["dpo"]["pairs"])
 
 
 def validate_tree(tree: dict[str, Any], source: str = "config", overrides: Sequence[str] = ()) -> FactoryConfig:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from runtime.core.calls import wait
-from runtime.core.cluster import actor_name, dashboard_to_gcs
+from runtime.core.cluster import actor_name, dashboard_to_gcs, quiet_ray
 from runtime.core.errors import CallTimeout, FactoryError, InferenceUnavailable, PeerLost, SetupNotRun
 from runtime.core.generation import GenerationRequest, GenerationResult
 
@@ -50,6 +50,7 @@ class InferenceClient:
         )
 
         if not ray.is_initialized():
+            quiet_ray()
             maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # a cluster with token auth: send it
             address = os.environ.get("RAY_ADDRESS", "")
             ray.init(address=dashboard_to_gcs(address) if address else "auto", namespace=namespace,

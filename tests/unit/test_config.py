@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -115,3 +116,25 @@ def test_base_recipes_that_form_a_cycle_are_one_error(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"base recipes form a cycle \(a.yaml -> b.yaml -> a.yaml\)"):
         load_config(tmp_path / "a.yaml")
+
+
+RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_resolves_and_what_it_reads_parses(recipe, tmp_path, monkeypatch):
+    from runtime.jobs import preflight
+
+    monkeypatch.chdir(tmp_path)  # files a recipe names are found beside it, from anywhere
+    cfg = load_config(recipe)
+    preflight.check(cfg)
+    named = [p for s in [*cfg.data.sources, *cfg.rl.tasks.sources] for p in s.paths]
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in named), named
+
+
+def test_the_gpu_recipe_on_a_cpu_cluster_says_what_is_missing():
+    from runtime.jobs.preflight import PreflightError, check_resources
+
+    with pytest.raises(PreflightError, match=r"^placement.inference: needs 2 GPUs and the cluster has 0"):
+        check_resources(load_config("gpu-small"), {"CPU": 8.0, "memory": 1e10})
+    check_resources(load_config("gpu-small"), {"CPU": 8.0, "GPU": 4.0})
