@@ -132,7 +132,8 @@ class TensorBoardSink:
 class MlflowSink:
     def __init__(self, run_dir: Path, experiment: str):
         mlflow = _needs("mlflow", "mlflow")
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        if not os.environ.get("MLFLOW_TRACKING_URI"):  # files in the run directory, which copies whole
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.17+ asks for this opt-in
             mlflow.set_tracking_uri((run_dir / "mlruns").as_uri())
         mlflow.set_experiment(experiment)
         self.mlflow = mlflow

@@ -177,9 +177,12 @@ def test_status_of_an_unknown_job_is_one_line(head_cluster):
 
 
 def test_generate_gives_a_quick_look_at_a_checkpoint(tiny_model):
-    out = factory("generate", str(tiny_model), "def f(x):", "--max-tokens", "8", "-n", "2", timeout=300)
+    out = factory("generate", str(tiny_model), "def f(x):", "--max-tokens", "8", "-n", "2", "--temperature", "0.7",
+                  timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len([line for line in out.stdout.splitlines() if line]) >= 1
+    assert not any(word in out.stdout for word in ("WARNING", "INFO", "Loading", "it/s")), \
+        f"stdout is the completions alone, so it pipes: {out.stdout!r}"
 
 
 def test_generate_live_asks_a_running_experiment_through_its_inference_service(head_cluster, tmp_path):

@@ -96,6 +96,35 @@ def test_an_empty_task_file_for_sandbox_check_is_one_line_before_ray(tmp_path):
     assert out.stderr.strip() == f"factory: error: {empty}: no tasks (an empty file, or every line blank)"
 
 
+def test_missing_solutions_file_is_one_line_before_ray():
+    tasks = Path(__file__).resolve().parents[1] / "data" / "mbpp_sample.jsonl"
+    out = factory("sandbox", "check", str(tasks), "--solutions", "nope.jsonl")
+    assert out.returncode == 2 and out.stderr.strip() == "factory: error: nope.jsonl: no such file"
+
+
+def test_ray_address_may_be_the_dashboard_url(monkeypatch):
+    from runtime.core.cluster import dashboard_to_gcs
+    from runtime.core.errors import ConfigError
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert dashboard_to_gcs("http://127.0.0.1:8265") == "auto" and "RAY_ADDRESS" not in __import__("os").environ
+    assert dashboard_to_gcs("10.0.0.5:6379") == "10.0.0.5:6379"
+    with pytest.raises(ConfigError, match=r"RAY_ADDRESS=http://10.0.0.5:8265 is a dashboard on another host"):
+        dashboard_to_gcs("http://10.0.0.5:8265")
+
+
+def test_resources_the_cluster_lacks_are_named_before_anything_starts():
+    from runtime.core.config import load_config
+    from runtime.jobs.preflight import PreflightError, check_resources
+
+    with pytest.raises(PreflightError, match=r"^placement.sandbox: needs 128 CPUs and the cluster has 8 "):
+        check_resources(load_config("default", ["placement.sandbox.num_cpus=64"]), {"CPU": 8.0})
+    with pytest.raises(PreflightError, match=r"^placement: the run's actors need 9 CPUs together and the cluster has 8 "
+                                             r"\(placement.inference 2, placement.sandbox 1, placement.trainer 6\)"):
+        check_resources(load_config("default", ["placement.trainer.num_cpus=3"]), {"CPU": 8.0})
+    check_resources(load_config("default"), {"CPU": 8.0})
+
+
 def test_version():
     out = factory("--version")
     assert out.returncode == 0 and out.stdout.startswith("factory 0.")

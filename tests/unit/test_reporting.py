@@ -74,12 +74,24 @@ def test_wandb_runs_offline_in_the_run_directory(tmp_path, monkeypatch):
     assert [(r["_step"], r.get("rl/reward")) for r in rows if "rl/reward" in r] == [(6, 0.0), (7, 0.1), (8, 0.2)]
 
 
-def test_a_tracker_that_is_not_installed_is_named(tmp_path, monkeypatch):
-    import builtins
+def test_mlflow_logs_to_the_run_directory(tmp_path, monkeypatch):
+    import mlflow
 
-    real_import = builtins.__import__
-    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
-                        if name == "mlflow" else real_import(name, *a, **k))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(tmp_path, ["mlflow"], "test")
+    for record in RECORDS:
+        tracker.log(record)
+    tracker.close()
+    client = mlflow.tracking.MlflowClient((tmp_path / "mlruns").as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "rl.reward")] == \
+        [(6, 0.0), (7, 0.1), (8, 0.2)]
+
+
+def test_a_tracker_that_is_not_installed_is_named(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: importing it raises ImportError
     with pytest.raises(FactoryError, match=r"experiment.trackers: mlflow is chosen but not installed"):
         Tracker(tmp_path, ["mlflow"], "test")
 
