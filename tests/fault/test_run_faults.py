@@ -96,6 +96,8 @@ def test_the_main_job_survives_a_kill_of_every_role(fault_free, tiny_model, tmp_
         if e["kind"] in ("replaced", "resized"):
             recovered[e["role"]] = recovered.get(e["role"], 0) + 1
     assert recovered == roles, events
+    shown = [e["message"] for e in events if e["kind"] in ("lost", "replaced", "resized") and e["message"] not in done.stdout]
+    assert not shown, f"every actor's events reach the driver's console (from events.jsonl): {shown}"
     summary = json.loads((tmp_path / "summary.json").read_text())
     rl = summary["rl"]
     assert summary["rl_steps"] == 8
