@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
+    except SystemExit:
+        raise
     except BaseException as exc:  # the CLI's boundary: one line; the traceback only with --debug
         if args.debug:
             raise

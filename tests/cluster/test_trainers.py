@@ -51,8 +51,8 @@ def test_replicas_stay_identical(trained):
 def test_per_sample_losses_reach_factory_trace(trained):
     _, run, *_ = trained
     factory = str(Path(sys.executable).parent / "factory")
-    out = subprocess.run([factory, "trace", str(run), "--step", "5", "--top", "3"], capture_output=True, text=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([factory, "trace", str(run), "--step", "5", "--top", "3", "--json"], capture_output=True, text=True)
+    result = json.loads(out.stdout)
     losses = [h["loss"] for h in result["highest_loss"]]
     assert len(losses) == 3 and losses == sorted(losses, reverse=True)
     assert all(h["documents"] for h in result["highest_loss"])
