@@ -112,9 +112,13 @@ class WeightBroadcaster:
 
 def latest_of(broadcaster, timeout_s: float = 30.0):
     """For InferencePool(latest=...): the broadcaster's newest (version, object ref), or None.
-    `broadcaster` is a handle, or a callable that returns the current one (a supervised role's)."""
+    `broadcaster` is a handle, or a callable that returns the current one (a supervised role's). While
+    the broadcaster is being replaced its name is unknown for a moment: PeerLost, which callers retry."""
     def latest():
-        handle = broadcaster() if callable(broadcaster) else broadcaster
+        try:
+            handle = broadcaster() if callable(broadcaster) else broadcaster
+        except ValueError:  # ray.get_actor: no actor of that name (yet)
+            raise PeerLost("broadcaster: not registered under its name (being replaced?)") from None
         found = wait(handle.latest.remote(), timeout_s, "broadcaster: latest")
         return None if found is None else (found[0], found[1][0])
 

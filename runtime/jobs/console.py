@@ -79,14 +79,16 @@ def collect_logs(run_dir: Path) -> Path | None:
 
 
 def _actor_names() -> dict[str, str]:
-    """pid -> actor name (slashes as dots), for the actors this cluster has run."""
+    """pid -> actor name (slashes as dots), for the actors this cluster has run, dead ones too. From
+    the GCS's actor table: the state API (ray.util.state) needs the dashboard, which may be off."""
     try:
-        from ray.util.state import list_actors
+        from ray._private import state
 
-        actors = list_actors(limit=1000, raise_on_missing_output=False)
-    except Exception:  # the state API is a convenience here: files keep Ray's names without it
+        actors = state.actors().values()
+    except Exception:  # names are a convenience here: files keep Ray's names without them
         return {}
-    return {str(a.pid): (a.name or a.class_name).replace("/", ".") for a in actors if a.pid}
+    return {str(a["Pid"]): (a.get("Name") or a.get("ActorClassName", "actor")).replace("/", ".")
+            for a in actors if a.get("Pid")}
 
 
 

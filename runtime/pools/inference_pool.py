@@ -425,14 +425,29 @@ class InferencePool:
         try:
             slot.handle = self.supervisor.replace(slot.name, "died", restart=False)
             self._await_setups({slot.index: slot.handle.setup.remote()})
-            self._catch_up(slot)
-        except Exception:  # the replacement thread is a boundary: the slot stays down, callers see no ready server
-            log.exception("replacing %s failed; the pool runs without it", slot.name)
+        except Exception as exc:  # the replacement thread is a boundary: the slot stays down, and says so
+            self._replacement_failed(slot, exc)
             return
+        for attempt in range(1, self.cfg.inference.max_attempts + 1):
+            try:
+                self._catch_up(slot)
+                break
+            except Exception as exc:  # the new server is up; loading the newest version may be tried again
+                if attempt == self.cfg.inference.max_attempts or self._stopped.is_set():
+                    self._replacement_failed(slot, exc)
+                    return
+                log.warning("%s: loading the newest version failed (%s); trying again", slot.name, exc)
+                time.sleep(1.0)
         self.counts["replaced"] += 1
         self.metrics.replaced()
         self.supervisor.recovered(slot.name, f"{slot.name} replaced; serving version {self._version_of(slot)}",
                                   time.perf_counter() - started)
+
+    def _replacement_failed(self, slot: Slot, exc: Exception) -> None:
+        log.error("replacing %s failed; the pool runs without it", slot.name, exc_info=exc)
+        self.supervisor.events.record("failed", "inference", f"{slot.name}: its replacement failed "
+                                      f"({type(exc).__name__}: {str(exc)[:200]}); the service runs without it",
+                                      actor=slot.name)
 
     def _version_of(self, slot: Slot) -> int | str:
         try:

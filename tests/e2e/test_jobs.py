@@ -136,7 +136,7 @@ def test_submit_runs_the_default_recipe_and_rl_improves_pass_at_1(head_cluster, 
 def test_submit_rejects_bad_config_before_touching_the_cluster(head_cluster):
     out = factory("submit", "default", "inference.replicas=2", "--address", head_cluster)
     assert out.returncode == 2
-    assert out.stderr.strip() == ("factory: error: recipes/default.yaml: unknown key inference.replicas "
+    assert out.stderr.strip() == ("factory: error: override inference.replicas=2: unknown key inference.replicas "
                                   "(did you mean placement.inference.replicas?)")
 
 

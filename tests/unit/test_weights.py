@@ -26,3 +26,14 @@ def test_versions_only_move_forward_and_old_ones_are_dropped():
     with pytest.raises(StaleVersionError, match="version 3 is not newer than 3"):
         store.publish(3, {})
     assert store.get(2)[1]["w"].item() == 2.0
+
+
+def test_the_newest_version_while_the_broadcaster_is_replaced_is_peer_lost_which_callers_retry():
+    from actors.weight_broadcaster import latest_of
+    from runtime.core.errors import PeerLost
+
+    def gone():
+        raise ValueError("Failed to look up actor with name 'x/broadcaster/0'")  # what ray.get_actor raises
+
+    with pytest.raises(PeerLost, match="broadcaster: not registered under its name"):
+        latest_of(gone)()
