@@ -34,6 +34,7 @@ from runtime.core.config import InferenceConfig
 from runtime.core.errors import SetupNotRun, StaleVersionError
 from runtime.core.generation import Completion, GenerationRequest, GenerationResult
 from runtime.core.metrics import ServerMetrics
+from runtime.model.engine_weights import DirectWeights, load_checkpoint, plain_linears, plan, plannable
 from runtime.model.weights import as_tensor
 
 
@@ -50,6 +51,13 @@ class InferenceServer:
         """Start the engine. Raises whatever vLLM raises, so the caller sees why."""
         started = time.monotonic()
         os.environ.update(engine_env(self.cfg, self.index))
+        loop = EngineLoop(self._build_engine, self.name)
+        loop.start_engine()
+        self._loop = loop
+        return {"name": self.name, "version": 0, "setup_s": round(time.monotonic() - started, 2)}
+
+    def _build_engine(self):
+        """(vLLM's LLM, its DirectWeights or None); runs on the engine's own thread."""
         from vllm import LLM
 
         llm = LLM(
@@ -67,9 +75,9 @@ class InferenceServer:
             # ("CPU Generator does not use offset"), so seeded sampling needs it off on CPU
             enable_chunked_prefill=self.cfg.chunked_prefill,
         )
-        self._loop = EngineLoop(llm, self.name)
-        self._loop.start()
-        return {"name": self.name, "version": 0, "setup_s": round(time.monotonic() - started, 2)}
+        # a compiled model has captured its layers' prepacked matmuls: it keeps vLLM's reload
+        direct = self.cfg.direct_weights and not self.cfg.compile
+        return llm, direct_weights(llm, self.model_path) if direct else None
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Generate for every request; results in request order."""
@@ -142,16 +150,35 @@ def engine_env(cfg: InferenceConfig, index: int) -> dict[str, str]:
     }
 
 
-class EngineLoop(threading.Thread):
-    """Steps one vLLM LLMEngine; admits requests and runs reloads between steps."""
+def direct_weights(llm, model_path: str) -> DirectWeights | None:
+    """The engine's copy plan, with its CPU linear layers made plain and the checkpoint loaded through
+    it (runtime.model.engine_weights); None where the model cannot be planned and vLLM's reload stays."""
+    def prepare(worker) -> DirectWeights | None:
+        model = worker.model_runner.get_model()
+        if not plannable(model):
+            return None
+        made_plain = plain_linears(model)
+        direct = plan(model)
+        if made_plain:
+            load_checkpoint(direct, model_path)
+        return direct
 
-    def __init__(self, llm, name: str):
+    [direct] = llm.collective_rpc(prepare)
+    return direct
+
+
+class EngineLoop(threading.Thread):
+    """Builds one vLLM LLMEngine and steps it on the same thread: vLLM binds the OpenMP threads of
+    the thread that builds the engine (VLLM_CPU_OMP_THREADS_BIND), and steps taken on any other
+    thread ran ~1.4x slower on CPU. Admits requests and runs reloads between steps."""
+
+    def __init__(self, build: Callable[[], tuple[Any, DirectWeights | None]], name: str):
         super().__init__(name=f"engine-{name}", daemon=True)
-        self.llm = llm
-        self.engine = llm.llm_engine
-        self.tokenizer = llm.get_tokenizer()
+        self._build = build
+        self._built: Future = Future()
         self.server = name
         self.version = 0
+        self.last_load: dict[str, Any] = {}
         self.metrics = ServerMetrics(name)
         self._cv = threading.Condition()
         self._pending: deque[tuple[GenerationRequest, Future, queue.Queue | None, bool]] = deque()
@@ -159,6 +186,8 @@ class EngineLoop(threading.Thread):
         self._running: dict[str, Running] = {}
         self._stopped = False
         self._error: BaseException | None = None
+        self.engine_s = 0.0
+        self.steps = 0
 
     def submit(self, request: GenerationRequest, stream: queue.Queue | None = None, preemptible: bool = False) -> Future:
         """The future result; with `stream`, (text, token_ids) deltas are put there as they come, then
@@ -171,8 +200,9 @@ class EngineLoop(threading.Thread):
 
     def reload(self, version: int, weights: Mapping[str, Any]) -> Future:
         future: Future = Future()
+        asked = time.perf_counter()
         with self._cv:
-            self._controls.append((lambda: self._reload(version, weights), future))
+            self._controls.append((lambda: self._reload(version, weights, asked), future))
             self._cv.notify()
         return future
 
@@ -183,6 +213,9 @@ class EngineLoop(threading.Thread):
                 "in_flight": len(self._running),
                 "queued": len(self._pending),
                 "alive": self.is_alive() and self._error is None,
+                "last_load": self.last_load,
+                "engine_s": round(self.engine_s, 6),
+                "steps": self.steps,
             }
 
     def stop(self) -> None:
@@ -195,7 +228,20 @@ class EngineLoop(threading.Thread):
         if self._error is not None:
             raise RuntimeError(f"{self.server}: engine loop died: {self._error!r}") from self._error
 
+    def start_engine(self) -> None:
+        """Start the thread and wait until the engine is built; raises what building raised."""
+        self.start()
+        self._built.result()
+
     def run(self) -> None:
+        try:
+            self.llm, self.direct = self._build()
+            self.engine = self.llm.llm_engine
+            self.tokenizer = self.llm.get_tokenizer()
+        except BaseException as exc:  # delivered to start_engine's caller
+            self._built.set_exception(exc)
+            return
+        self._built.set_result(None)
         try:
             while self._next_round():
                 pass
@@ -252,7 +298,11 @@ class EngineLoop(threading.Thread):
         self.metrics.preempted(len(victims))
 
     def _step(self) -> None:
-        for output in self.engine.step():
+        started = time.perf_counter()
+        outputs = self.engine.step()
+        self.engine_s += time.perf_counter() - started
+        self.steps += 1
+        for output in outputs:
             running = self._running.get(output.request_id)
             if running is None:  # preempted in this round
                 continue
@@ -283,13 +333,23 @@ class EngineLoop(threading.Thread):
         text = c.text if request.sampling.stop else self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
         return Completion(text, list(c.token_ids), token_logprobs(c), c.finish_reason or "stop")
 
-    def _reload(self, version: int, weights: Mapping[str, Any]) -> int:
+    def _reload(self, version: int, weights: Mapping[str, Any], asked: float) -> int:
+        """Runs with no request in the engine. The prefix cache is emptied with the old weights: a
+        prompt's cached KV from the old version would otherwise start an answer of the new one."""
         if version < self.version:
             raise StaleVersionError(f"{self.server}: refusing version {version}, already serving {self.version}")
         if version == self.version:
             return self.version
-        tensors = ((name, as_tensor(value)) for name, value in weights.items())
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
+        started = time.perf_counter()
+        if self.direct is not None:
+            self.direct.load(weights)
+        else:
+            tensors = ((name, as_tensor(value)) for name, value in weights.items())
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError(f"{self.server}: the prefix cache could not be reset after loading version {version}")
+        self.last_load = {"version": version, "wait_s": round(started - asked, 6),
+                          "copy_s": round(time.perf_counter() - started, 6), "direct": self.direct is not None}
         self.version = version
         self.metrics.version(version)
         return version

@@ -1,7 +1,7 @@
 """The inference pool on real vLLM engines in real Ray actors.
 
 Tests share one pool and run in file order: the reload test publishes version 1,
-which the later tests rely on; the kill test comes last.
+which the later tests rely on up to the kill test; the prefix-cache test then publishes version 2.
 """
 
 import threading
@@ -16,6 +16,7 @@ from runtime.core.errors import StaleVersionError
 from runtime.core.generation import GenerationRequest
 from runtime.pools.inference_pool import InferencePool
 from runtime.model.build import init_model
+from runtime.model.weights import shareable
 
 pytestmark = pytest.mark.cluster
 
@@ -113,6 +114,28 @@ def test_killing_a_server_mid_batch_loses_and_duplicates_nothing(pool):
     wait_for(lambda: len(pool.versions()) == 2, "replacement ready", timeout=180)
     assert set(pool.versions().values()) == {1}, "the replacement must serve the current version"
     assert ray.get(victim.handle.health.remote(), timeout=10)["in_flight"] == 0
+
+
+def test_a_reload_drops_the_prompts_cached_under_the_old_weights(pool, new_weights, tiny_model):
+    """vLLM's prefix cache keeps the KV of every prompt it has seen; after a reload that KV belongs
+    to the old weights, and an answer started from it would mix two versions."""
+    from transformers import AutoConfig
+
+    _, tokenizer = new_weights
+    prompt_ids = tokenizer(" ".join(f"x{i} = {i} * 3;" for i in range(200)))["input_ids"][:300]
+    requests = lambda: [GenerationRequest(prompt_token_ids=prompt_ids, sampling=SamplingConfig(  # noqa: E731
+        temperature=1.0, max_tokens=8, seed=i)) for i in range(4)]
+    assert {r.version for r in pool.generate(requests())} == {1}, "the prompt is now cached on both servers"
+
+    model = init_model(AutoConfig.from_pretrained(tiny_model), seed=99)
+    assert set(pool.load_weights(2, ray.put(shareable(model.state_dict()))).values()) == {2}
+    worst = 0.0
+    for result in pool.generate(requests()):
+        assert result.version == 2
+        c = result.completions[0]
+        expected = hf_token_logprobs(model, prompt_ids, c.token_ids)
+        worst = max(worst, (torch.tensor(c.logprobs, dtype=torch.float64) - expected).abs().max().item())
+    assert worst < 1e-3, f"answers of version 2 differ from its weights' by {worst}: stale cached KV?"
 
 
 def wait_for(predicate, what: str, timeout: float = 60.0):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from runtime.core.errors import StaleVersionError
-from runtime.model.weights import VersionStore, from_chunks, to_chunks
+from runtime.model.weights import VersionStore, from_chunks, shareable, to_chunks
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -37,3 +37,54 @@ def test_the_newest_version_while_the_broadcaster_is_replaced_is_peer_lost_which
 
     with pytest.raises(PeerLost, match="broadcaster: not registered under its name"):
         latest_of(gone)()
+
+
+class _Fused(torch.nn.Module):
+    def __init__(self, sizes, width):
+        super().__init__()
+        self.output_sizes = sizes
+        self.weight = torch.nn.Parameter(torch.zeros(sum(sizes), width), requires_grad=False)
+
+
+class _Toy(torch.nn.Module):
+    """The shape of a vLLM model for the plan: a fused projection named in packed_modules_mapping."""
+    packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.Module()
+        self.attn.qkv_proj = _Fused([4, 2, 2], 3)
+        self.norm = torch.nn.Module()
+        self.norm.weight = torch.nn.Parameter(torch.zeros(3), requires_grad=False)
+
+
+def _toy_state():
+    return {"attn.q_proj.weight": torch.full((4, 3), 1.0), "attn.k_proj.weight": torch.full((2, 3), 2.0),
+            "attn.v_proj.weight": torch.full((2, 3), 3.0), "norm.weight": torch.arange(3.0)}
+
+
+def test_direct_weights_land_in_the_fused_parameter_at_their_offsets():
+    from runtime.model.engine_weights import plan, plannable
+
+    model = _Toy()
+    assert plannable(model)
+    copied = plan(model).load(shareable(_toy_state()))
+    assert copied == (8 * 3 + 3) * 4
+    assert model.attn.qkv_proj.weight[:, 0].tolist() == [1, 1, 1, 1, 2, 2, 3, 3]
+    assert model.norm.weight.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("attn.k_proj.weight"), "missing \\['attn.k_proj.weight'\\]"),
+    (lambda s: s.update({"attn.o_proj.weight": torch.ones(1)}), "unknown \\['attn.o_proj.weight'\\]"),
+    (lambda s: s.update({"attn.v_proj.weight": torch.ones(3, 3)}), "attn.v_proj.weight: shape \\(3, 3\\)"),
+])
+def test_a_state_that_does_not_match_the_engine_changes_nothing(change, message):
+    from runtime.model.engine_weights import plan
+
+    model = _Toy()
+    state = _toy_state()
+    change(state)
+    with pytest.raises(ValueError, match=message):
+        plan(model).load(state)
+    assert not model.attn.qkv_proj.weight.any() and not model.norm.weight.any(), "a partial load mixes versions"

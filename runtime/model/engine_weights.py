@@ -1,0 +1,121 @@
+"""Weights copied straight into a running engine's parameters: one copy per tensor, no loader.
+
+vLLM's own reload (`reload_weights`) re-materialises every layer, runs each
+parameter's Python weight loader and, on CPU, repacks every linear layer for
+oneDNN: ~20x a memcpy of the state at 10M parameters. A `DirectWeights` plan is
+built once per engine: for every checkpoint tensor name, the view of the live
+parameter it lands in (fused layers such as `qkv_proj` take their parts at the
+offsets of `output_sizes`). A load is then one `copy_` per tensor.
+
+On CPU the engine's linear layers must read their `weight` parameter, not a
+private prepacked copy: `plain_linears` gives every CPU-dispatched linear layer
+back a plain weight and `torch.nn.functional.linear` (oneDNN's prepacked matmul
+keeps its own copy of the weights, which no copy into the parameters reaches).
+
+Contract: a load covers every planned parameter or changes nothing (a partial
+state would leave old weights beside new ones); names it does not know fail it.
+Only unsharded, unquantized models are planned (`plannable`); the caller keeps vLLM's reload
+for the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime.model.weights import as_tensor
+
+
+class DirectWeights:
+    def __init__(self, views: dict[str, torch.Tensor], tied_lm_head: bool = False):
+        self.views = views
+        self.tied_lm_head = tied_lm_head
+
+    def load(self, weights: Mapping[str, Any]) -> int:
+        """Copy every tensor of `weights` into its view; returns the bytes copied. Checked whole first:
+        a state that does not match raises ValueError and changes nothing."""
+        sources = {name: as_tensor(value) for name, value in weights.items()}
+        self._check(sources)
+        copied = 0
+        with torch.no_grad():
+            for name, view in self.views.items():
+                view.copy_(sources[name])
+                copied += view.numel() * view.element_size()
+        return copied
+
+    def _check(self, sources: Mapping[str, torch.Tensor]) -> None:
+        unknown = sorted(name for name in set(sources) - set(self.views) if not self._ignored(name))
+        missing = sorted(set(self.views) - set(sources))
+        if unknown or missing:
+            raise ValueError(f"weights do not match the engine's model: unknown {unknown[:3]}, missing {missing[:3]}")
+        for name, view in self.views.items():
+            if sources[name].shape != view.shape:
+                raise ValueError(f"{name}: shape {tuple(sources[name].shape)}, the engine's is {tuple(view.shape)}")
+
+    def _ignored(self, name: str) -> bool:
+        """Checkpoint names the engine has no parameter for: a tied head, rotary frequencies it computes."""
+        return (self.tied_lm_head and name == "lm_head.weight") or name.endswith("rotary_emb.inv_freq")
+
+
+def plannable(model: torch.nn.Module) -> bool:
+    """Whether every parameter can be planned: no sharded and no quantized layer."""
+    for name, _ in model.named_parameters():
+        module = model.get_submodule(name.rpartition(".")[0])
+        method = type(getattr(module, "quant_method", None)).__name__
+        if getattr(module, "tp_size", 1) != 1 or method not in PLAIN_METHODS:
+            return False
+    return True
+
+
+PLAIN_METHODS = ("UnquantizedLinearMethod", "UnquantizedEmbeddingMethod", "NoneType")
+
+
+def plan(model: torch.nn.Module) -> DirectWeights:
+    """The copy plan for a plannable vLLM model whose weights are plain (after `plain_linears` on CPU)."""
+    packed = getattr(model, "packed_modules_mapping", {}) or {}
+    views: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        module_name, _, leaf = name.rpartition(".")
+        parent, _, fused = module_name.rpartition(".")
+        if fused not in packed:
+            views[name] = param.data
+            continue
+        sizes = model.get_submodule(module_name).output_sizes
+        if len(sizes) != len(packed[fused]) or sum(sizes) != param.shape[0]:
+            raise ValueError(f"{name}: parts {packed[fused]} of sizes {sizes} do not fill its {param.shape[0]} rows")
+        offset = 0
+        for part, size in zip(packed[fused], sizes):
+            views[f"{parent}.{part}.{leaf}"] = param.data.narrow(0, offset, size)
+            offset += size
+    return DirectWeights(views, tied_lm_head="lm_head.weight" not in views)
+
+
+def plain_linears(model: torch.nn.Module) -> int:
+    """Give every CPU-dispatched linear layer a plain weight read by `F.linear`; returns how many.
+    The new weights are zeros: load the checkpoint into them next (`load_checkpoint`)."""
+    changed = 0
+    for module in model.modules():
+        if not hasattr(module, "cpu_linear"):
+            continue
+        weight = module.weight
+        if weight.numel() == 0:
+            shape = (module.output_size_per_partition, module.input_size_per_partition)
+            module.weight = torch.nn.Parameter(torch.zeros(shape, dtype=weight.dtype), requires_grad=False)
+        module.cpu_linear = torch.nn.functional.linear
+        changed += 1
+    return changed
+
+
+def load_checkpoint(direct: DirectWeights, model_dir: str | Path) -> int:
+    """Load a safetensors checkpoint directory through the plan; returns the bytes copied."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        state.update(load_file(shard))
+    if "lm_head.weight" in direct.views and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    return direct.load(state)
