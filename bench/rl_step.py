@@ -77,15 +77,19 @@ def factory_samples_per_s(model_path: Path, s: dict[str, int], precision: str) -
     sampling = SamplingConfig(n=s["group"], temperature=1.0, max_tokens=s["tokens"], ignore_eos=True)
     bench_parts = replace(parts, task_stream=BenchTasks(s["prompts"]))
     try:
-        stamps = []
+        stamps, phases = [], []
         for step in range(s["steps"]):
-            groups = collect(bench_parts, cfg, sampling)
-            train_and_publish(bench_parts, cfg, groups, step + 1, algorithm_of(cfg))
+            timing: dict[str, float] = {}
+            groups = collect(bench_parts, cfg, sampling, timing)
+            metrics = train_and_publish(bench_parts, cfg, groups, step + 1, algorithm_of(cfg))
             stamps.append(time.perf_counter())
+            phases.append({**timing, "update_s": metrics["update_s"], "publish_s": metrics["publish_s"]})
+            print(f"  step {step + 1}: {metrics['completions_by_status']}", flush=True)
     finally:
         parts.stop()
         ray.shutdown()
-    return s["prompts"] * s["group"] * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    mean = {name: round(sum(p[name] for p in phases[1:]) / (len(phases) - 1), 3) for name in phases[0]}
+    return s["prompts"] * s["group"] * (len(stamps) - 1) / (stamps[-1] - stamps[0]), mean
 
 
 class BenchTasks:
@@ -176,14 +180,28 @@ def trl_worker(model_path: str, s: dict[str, int]) -> None:
 
 
 class SlotRunner:
-    """Runs executions across the backend's slots at once, as the sandbox pool does."""
+    """Runs executions across the backend's slots at once, as the sandbox pool does: one
+    execution per slot at a time (a slot is a sandbox's cgroup and scratch directory)."""
 
     def __init__(self, backend, slots: int):
         self.backend, self.slots = backend, slots
 
     def run(self, executions):
+        import queue
+
+        free: queue.Queue = queue.Queue()
+        for slot in range(self.slots):
+            free.put(slot)
+
+        def one(execution):
+            slot = free.get()
+            try:
+                return self.backend.run(execution, slot=slot)
+            finally:
+                free.put(slot)
+
         with ThreadPoolExecutor(self.slots) as pool:
-            return list(pool.map(lambda ie: self.backend.run(ie[1], slot=ie[0] % self.slots), enumerate(executions)))
+            return list(pool.map(one, executions))
 
 
 # ---- main ----------------------------------------------------------------------------------
@@ -206,11 +224,11 @@ def main() -> None:
         model = ensure_built(BuildConfig(preset=preset), 0, cache)
         for precision in ["fp32"] if args.quick else ["fp32", "bf16"]:
             trl, trl_status = trl_samples_per_s(model, s, precision)
-            ours = factory_samples_per_s(model, s, precision)
-            print(f"{preset} {precision}: factory {ours:.0f} samples/s; TRL GRPOTrainer "
+            ours, phases = factory_samples_per_s(model, s, precision)
+            print(f"{preset} {precision}: factory {ours:.0f} samples/s (per step: {phases}); TRL GRPOTrainer "
                   f"{f'{trl:.0f} samples/s' if trl else 'did not run: ' + trl_status}", flush=True)
             rows.append({"model": preset, "params": count_parameters(model), "precision": precision,
-                         "factory_samples_per_s": round(ours, 1), "trl_samples_per_s": trl and round(trl, 1),
+                         "factory_samples_per_s": round(ours, 1), "factory_step_phases_s": phases, "trl_samples_per_s": trl and round(trl, 1),
                          "ratio": round(ours / trl, 2) if trl else None, "trl": trl_status})
     print(json.dumps({"bench": "rl_step", "quick": args.quick, **s, "results": rows}))
 

@@ -74,12 +74,14 @@ def plain(code: str) -> str:
 
 
 def humaneval_work(n: int) -> tuple[list, list[dict], list[str]]:
-    """n (task, HumanEval problem, completion) triples: canonical solutions and a wrong one per task."""
+    """n (task, HumanEval problem, completion) triples: canonical solutions and a wrong one per task,
+    each made distinct by a comment (the reward runs identical programs once)."""
     tasks = load_tasks(HUMANEVAL)
     problems = [json.loads(line) for line in HUMANEVAL.read_text().splitlines() if line.strip()]
     completions = [[t.solution, "    return None\n"] for t in tasks]
     picks = [(i % len(tasks), (i // len(tasks)) % 2) for i in range(n)]
-    return [tasks[t] for t, _ in picks], [problems[t] for t, _ in picks], [completions[t][c] for t, c in picks]
+    return ([tasks[t] for t, _ in picks], [problems[t] for t, _ in picks],
+            [f"{completions[t][c]}    # sample {i}\n" for i, (t, c) in enumerate(picks)])
 
 
 def rates(elapsed: float, n: int) -> float:

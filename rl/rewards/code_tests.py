@@ -18,8 +18,9 @@ labelled `strength="weak"`; `strong` means every case was judged on data outside
 The checker holds its own references before the completion is loaded, and the
 completion runs in a namespace of its own, but that limits accidents, not intent.
 
-Each completion is its own execution (a fresh process, killed with all its
-descendants before the next), so no completion can reach another's result.
+Each distinct program is its own execution (a fresh process, killed with all its
+descendants before the next), so no completion can reach another's result; identical
+programs in one batch share one execution and its verdict.
 """
 
 from __future__ import annotations
@@ -221,7 +222,13 @@ def same(expected: Any, got: Any) -> bool:
 
 def code_test_rewards(runner: Runner, tasks: Sequence[CodeTask], completions: Sequence[str],
                       timeout_s: float | None = None) -> list[CodeReward]:
-    """Score each completion against its task, one execution each, all in one batch through the runner."""
+    """Score each completion against its task, all in one batch through the runner. Identical programs
+    (the same completion of the same task: a group's repeated samples) run once and share the verdict,
+    so a program whose result depends on chance gets one draw per batch."""
     pairs = [execution(t, c, timeout_s) for t, c in zip(tasks, completions, strict=True)]
-    results = runner.run([e for e, _ in pairs])
-    return [score(r, task_checks) for r, (_, task_checks) in zip(results, pairs)]
+    first: dict[tuple[str, float | None], int] = {}
+    for i, (e, _) in enumerate(pairs):
+        first.setdefault((e.code, e.timeout_s), i)
+    distinct = sorted(set(first.values()))
+    results = dict(zip(distinct, runner.run([pairs[i][0] for i in distinct])))
+    return [score(results[first[(e.code, e.timeout_s)]], task_checks) for e, task_checks in pairs]

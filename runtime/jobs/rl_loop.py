@@ -112,6 +112,7 @@ def train_and_publish(parts: RunParts, cfg: FactoryConfig, groups: list[Group], 
     rewards = torch.stack([g.rewards for g in groups])
     advantages = algorithm.advantages(rewards)
     metrics = parts.trainers.rl_step(experience(groups, advantages), algorithm)
+    trained = time.perf_counter()
     parts.trainers.publish(parts.broadcaster, version)
     staleness = [version - 1 - g.version for g in groups]
     tokens = sum(len(c.token_ids) for g in groups for c in g.result.completions)
@@ -120,7 +121,8 @@ def train_and_publish(parts: RunParts, cfg: FactoryConfig, groups: list[Group], 
             "staleness_max": max(staleness), "staleness_mean": sum(staleness) / len(staleness),
             "rollout_versions": sorted({g.version for g in groups}), "rollout_tokens": tokens,
             "completions_by_status": dict(collections.Counter(st for g in groups for st in g.statuses)),
-            "train_s": time.perf_counter() - started}
+            "train_s": time.perf_counter() - started, "update_s": trained - started,
+            "publish_s": time.perf_counter() - trained}
 
 
 def experience(groups: list[Group], advantages: torch.Tensor) -> list[dict[str, Any]]:
@@ -132,11 +134,15 @@ def experience(groups: list[Group], advantages: torch.Tensor) -> list[dict[str, 
 # ---- producing rollouts ----------------------------------------------------
 
 
-def collect(parts: RunParts, cfg: FactoryConfig, sampling: SamplingConfig | None = None) -> list[Group]:
+def collect(parts: RunParts, cfg: FactoryConfig, sampling: SamplingConfig | None = None,
+            phases: dict[str, float] | None = None) -> list[Group]:
     """The task stream's next step, sampled `group_size` times per task and scored in the sandbox.
 
     The tasks go in `rl.rollout_chunks` chunks: the sandbox pool scores a chunk while the
-    inference pool samples the next, so neither waits for the whole step."""
+    inference pool samples the next, so neither waits for the whole step. `phases` gets the
+    seconds spent sampling (`sample_s`) and then waiting for the last scores (`score_wait_s`)."""
+    phases = {} if phases is None else phases
+    started = time.perf_counter()
     tasks = parts.task_stream.next()
     seeds = request_seeds(cfg, parts.task_stream.step - 1, len(tasks))
     size = -(-len(tasks) // cfg.rl.rollout_chunks)
@@ -148,10 +154,13 @@ def collect(parts: RunParts, cfg: FactoryConfig, sampling: SamplingConfig | None
                              seeds[first : first + size])
             scoring.append((chunk, results, scorer.submit(score, parts.sandbox, chunk, results,
                                                           answer_reward_of(cfg.rl.reward))))
+        sampled = time.perf_counter()
         groups = []
         for chunk, results, scored in scoring:
             rewards, statuses = scored.result(timeout=cfg.inference.request_timeout_s)
             groups += [Group(t, r, rw, st) for t, r, rw, st in zip(chunk, results, rewards, statuses)]
+    phases["sample_s"] = sampled - started
+    phases["score_wait_s"] = time.perf_counter() - sampled
     return groups
 
 

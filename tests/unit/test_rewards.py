@@ -40,6 +40,21 @@ def test_wrong_solutions_fail_and_partial_ones_score_a_fraction(runner):
     assert rewards[3].fraction == 0.5
 
 
+def test_identical_completions_of_a_task_run_once_and_share_the_verdict(runner):
+    add, running_max, _ = load_tasks(DATA / "humaneval_sample.jsonl")
+    sent = []
+
+    class Counting:
+        def run(self, executions):
+            sent.append(len(executions))
+            return runner.run(executions)
+
+    right, wrong = "    return a + b\n", "    return a - b\n"
+    rewards = code_test_rewards(Counting(), [add, add, add, add, running_max],
+                                [right, wrong, right, right, right], timeout_s=3)
+    assert sent == [3], "three distinct programs: add right, add wrong, running_max with add's body"
+    assert [r.passed for r in rewards] == [True, False, True, True, False]
+    assert rewards[2] == rewards[0] == rewards[3]
 
 
 def test_gzipped_task_files_load(tmp_path):
