@@ -13,6 +13,11 @@ def actor_name(experiment: str, role: str, index: int | str) -> str:
     return f"{experiment}/{role}/{index}"
 
 
+def verbose() -> bool:
+    """`factory -v` (FACTORY_VERBOSE=1): actors' output and Ray's notices on the console."""
+    return os.environ.get("FACTORY_VERBOSE") == "1"
+
+
 def connect(cfg: ClusterConfig) -> str:
     """Join `cluster.address` or RAY_ADDRESS; otherwise start an embedded local cluster.
 
@@ -24,8 +29,7 @@ def connect(cfg: ClusterConfig) -> str:
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         # Actors' output stays in Ray's log files (the dashboard shows them) unless FACTORY_VERBOSE.
-        quiet = {"log_to_driver": os.environ.get("FACTORY_VERBOSE") == "1",
-                 "logging_level": logging.INFO if os.environ.get("FACTORY_VERBOSE") == "1" else logging.ERROR}
+        quiet = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.ERROR}
         if address:
             ray.init(address=dashboard_to_gcs(address), namespace=cfg.namespace, **quiet)
         else:
@@ -75,7 +79,7 @@ def dashboard_to_gcs(address: str) -> str:
 def quiet_ray() -> None:
     """Ray's own notices (token auth is on, a local instance started) stay off this process's
     console unless FACTORY_VERBOSE: they are not what the user asked for."""
-    if os.environ.get("FACTORY_VERBOSE") != "1":
+    if not verbose():
         import ray  # noqa: F401  (its import sets up the logger this quiets)
 
         logging.getLogger("ray").setLevel(logging.ERROR)

@@ -14,10 +14,6 @@ import threading
 from pathlib import Path
 
 
-def verbose() -> bool:
-    return os.environ.get("FACTORY_VERBOSE") == "1"
-
-
 class EventTail:
     """Prints, as `[factory] ...` lines, the events actors append to RUN_DIR/events.jsonl (their own
     console is not the driver's); the driver's own events it already printed are skipped."""
@@ -26,6 +22,7 @@ class EventTail:
         self.path, self.say, self.interval_s = run_dir / "events.jsonl", say, interval_s
         self._offset = self.path.stat().st_size if self.path.is_file() else 0
         self._stop = threading.Event()
+        self._reading = threading.Lock()  # the last read at exit may race the thread's: print each row once
         self._thread = threading.Thread(target=self._run, name="event-tail", daemon=True)
 
     def __enter__(self) -> EventTail:
@@ -42,6 +39,10 @@ class EventTail:
             self._print_new()
 
     def _print_new(self) -> None:
+        with self._reading:
+            self._print_rows()
+
+    def _print_rows(self) -> None:
         if not self.path.is_file():
             return
         with self.path.open() as f:
@@ -70,7 +71,10 @@ def collect_logs(run_dir: Path) -> Path | None:
         target.mkdir(exist_ok=True)
         for path in sorted(source.glob("worker-*")):
             if path.suffix in (".out", ".err") and path.stat().st_size:
-                name = names.get(path.stem.rsplit("-", 1)[-1], path.stem)
+                pid = path.stem.rsplit("-", 1)[-1]
+                name = names.get(pid, path.stem)
+                if (target / f"{name}{path.suffix}").exists():  # a replaced actor: same name, another process
+                    name = f"{name}.pid{pid}"
                 shutil.copyfile(path, target / f"{name}{path.suffix}")
     except OSError as exc:  # the logs are a copy: a run does not fail over them
         print(f"[factory] actors' output not copied to {target}: {exc}", flush=True)

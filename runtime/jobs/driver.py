@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from runtime.core.config import FactoryConfig
 from runtime.core.errors import FactoryError, Interrupted
 from runtime.core.generation import GenerationRequest, GenerationResult, Workload
-from runtime.jobs.console import verbose
+from runtime.core.cluster import verbose
 
 if TYPE_CHECKING:
     from runtime.jobs.parts import RunParts
