@@ -34,7 +34,8 @@ from runtime.core.config import InferenceConfig
 from runtime.core.errors import SetupNotRun, StaleVersionError
 from runtime.core.generation import Completion, GenerationRequest, GenerationResult
 from runtime.core.metrics import ServerMetrics
-from runtime.model.engine_weights import DirectWeights, load_checkpoint, plain_linears, plan, plannable
+from runtime.model.engine_weights import (DirectWeights, keep_plain_weights, load_checkpoint, plain_linears, plan,
+                                           plannable)
 from runtime.model.weights import as_tensor
 
 
@@ -60,6 +61,8 @@ class InferenceServer:
         """(vLLM's LLM, its DirectWeights or None); runs on the engine's own thread."""
         from vllm import LLM
 
+        if self.cfg.direct_weights:
+            keep_plain_weights()
         llm = LLM(
             self.model_path,
             dtype=self.dtype,
@@ -75,9 +78,7 @@ class InferenceServer:
             # ("CPU Generator does not use offset"), so seeded sampling needs it off on CPU
             enable_chunked_prefill=self.cfg.chunked_prefill,
         )
-        # a compiled model has captured its layers' prepacked matmuls: it keeps vLLM's reload
-        direct = self.cfg.direct_weights and not self.cfg.compile
-        return llm, direct_weights(llm, self.model_path) if direct else None
+        return llm, direct_weights(llm, self.model_path) if self.cfg.direct_weights else None
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Generate for every request; results in request order."""

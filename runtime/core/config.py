@@ -280,8 +280,8 @@ class InferenceConfig(Section):
     direct_weights: bool = True
     """Load each weight version with one copy per tensor into the engine's parameters
     (runtime/model/engine_weights.py); on CPU the linear layers then read plain weights through
-    F.linear instead of oneDNN's prepacked copies. Off, and with `compile` (the compiled graph holds
-the prepacked layers): vLLM's own reload, which re-packs every layer (~20x slower)."""
+    F.linear instead of oneDNN's prepacked copies. Off: vLLM's own reload, which re-packs every layer
+(~6x slower at 10M parameters)."""
     compile: bool = False
     """torch.compile the model: on CPU ~1.6x faster decoding of the tiny model, ~18 s slower start."""
     cpu_bind: str = "spread"

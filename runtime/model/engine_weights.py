@@ -8,9 +8,9 @@ parameter it lands in (fused layers such as `qkv_proj` take their parts at the
 offsets of `output_sizes`). A load is then one `copy_` per tensor.
 
 On CPU the engine's linear layers must read their `weight` parameter, not a
-private prepacked copy: `plain_linears` gives every CPU-dispatched linear layer
-back a plain weight and `torch.nn.functional.linear` (oneDNN's prepacked matmul
-keeps its own copy of the weights, which no copy into the parameters reaches).
+private prepacked copy (oneDNN's prepacked matmul keeps its own copy, which no
+copy into the parameters reaches): `keep_plain_weights` makes vLLM build them on
+F.linear, and `plain_linears` converts any layer still packed after the build.
 
 Contract: a load covers every planned parameter or changes nothing (a partial
 state would leave old weights beside new ones); names it does not know fail it.
@@ -93,20 +93,35 @@ def plan(model: torch.nn.Module) -> DirectWeights:
     return DirectWeights(views, tied_lm_head="lm_head.weight" not in views)
 
 
+def keep_plain_weights() -> bool:
+    """Before an engine is built in this process: vLLM's CPU linear layers then keep their weight and
+    read it through F.linear (its fallback) instead of packing it for oneDNN, so a copy into the
+    parameters reaches the matmuls, compiled ones too. False where this vLLM has no such switch
+    (`plain_linears` then converts the built model)."""
+    from vllm import _custom_ops as ops
+
+    if not hasattr(ops, "_supports_onednn"):
+        return False
+    ops._supports_onednn = False
+    return True
+
+
 def plain_linears(model: torch.nn.Module) -> int:
-    """Give every CPU-dispatched linear layer a plain weight read by `F.linear`; returns how many.
-    The new weights are zeros: load the checkpoint into them next (`load_checkpoint`)."""
+    """Give every CPU linear layer whose weight was packed away a plain weight read by `F.linear`;
+    returns how many. The new weights are zeros: load the checkpoint into them next (`load_checkpoint`)."""
     changed = 0
     for module in model.modules():
-        if not hasattr(module, "cpu_linear"):
+        if not hasattr(module, "cpu_linear") or module.weight.numel():
             continue
-        weight = module.weight
-        if weight.numel() == 0:
-            shape = (module.output_size_per_partition, module.input_size_per_partition)
-            module.weight = torch.nn.Parameter(torch.zeros(shape, dtype=weight.dtype), requires_grad=False)
-        module.cpu_linear = torch.nn.functional.linear
+        shape = (module.output_size_per_partition, module.input_size_per_partition)
+        module.weight = torch.nn.Parameter(torch.zeros(shape, dtype=module.weight.dtype), requires_grad=False)
+        module.cpu_linear = _linear
         changed += 1
     return changed
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def load_checkpoint(direct: DirectWeights, model_dir: str | Path) -> int:
