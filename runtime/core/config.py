@@ -277,11 +277,13 @@ class InferenceConfig(Section):
     """Sequences an engine runs at once."""
     kv_cache_gb: float = Field(1.0, gt=0)
     """KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."""
-    direct_weights: bool = True
+    direct_weights: bool = False
     """Load each weight version with one copy per tensor into the engine's parameters
-    (runtime/model/engine_weights.py); on CPU the linear layers then read plain weights through
-    F.linear instead of oneDNN's prepacked copies. Off: vLLM's own reload, which re-packs every layer
-(~6x slower at 10M parameters)."""
+    (runtime/model/engine_weights.py): 0.016 s instead of 0.100 s at 10M parameters on CPU. Off by
+    default on CPU because there the linear layers then read plain weights through F.linear, whose
+    results depend on the batch (a request retried on another server gets logprobs that differ in
+    the 7th digit), so a run with faults no longer ends bit-identical to the run without. Off:
+    vLLM's own reload, which re-packs every layer for oneDNN (batch-invariant)."""
     compile: bool = False
     """torch.compile the model: on CPU ~1.6x faster decoding of the tiny model, ~18 s slower start."""
     cpu_bind: str = "spread"
