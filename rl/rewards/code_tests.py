@@ -229,6 +229,6 @@ def code_test_rewards(runner: Runner, tasks: Sequence[CodeTask], completions: Se
     first: dict[tuple[str, float | None], int] = {}
     for i, (e, _) in enumerate(pairs):
         first.setdefault((e.code, e.timeout_s), i)
-    distinct = sorted(set(first.values()))
+    distinct = list(first.values())
     results = dict(zip(distinct, runner.run([pairs[i][0] for i in distinct])))
     return [score(results[first[(e.code, e.timeout_s)]], task_checks) for e, task_checks in pairs]

@@ -60,6 +60,9 @@ class DirectWeights:
         return (self.tied_lm_head and name == "lm_head.weight") or name.endswith("rotary_emb.inv_freq")
 
 
+PLAIN_METHODS = ("UnquantizedLinearMethod", "UnquantizedEmbeddingMethod", "NoneType")
+
+
 def plannable(model: torch.nn.Module) -> bool:
     """Whether every parameter can be planned: no sharded and no quantized layer."""
     for name, _ in model.named_parameters():
@@ -68,9 +71,6 @@ def plannable(model: torch.nn.Module) -> bool:
         if getattr(module, "tp_size", 1) != 1 or method not in PLAIN_METHODS:
             return False
     return True
-
-
-PLAIN_METHODS = ("UnquantizedLinearMethod", "UnquantizedEmbeddingMethod", "NoneType")
 
 
 def plan(model: torch.nn.Module) -> DirectWeights:
@@ -86,10 +86,8 @@ def plan(model: torch.nn.Module) -> DirectWeights:
         sizes = model.get_submodule(module_name).output_sizes
         if len(sizes) != len(packed[fused]) or sum(sizes) != param.shape[0]:
             raise ValueError(f"{name}: parts {packed[fused]} of sizes {sizes} do not fill its {param.shape[0]} rows")
-        offset = 0
-        for part, size in zip(packed[fused], sizes):
-            views[f"{parent}.{part}.{leaf}"] = param.data.narrow(0, offset, size)
-            offset += size
+        for part, view in zip(packed[fused], param.data.split(sizes)):
+            views[f"{parent}.{part}.{leaf}"] = view
     return DirectWeights(views, tied_lm_head="lm_head.weight" not in views)
 
 
