@@ -744,6 +744,9 @@ class SupervisionConfig(Section):
     """While a step waits on the trainer shards, how often they are probed."""
     max_replacements: int = Field(8, ge=0)
     """Replacements per role in one run before the run fails (a role that keeps dying is a bug, not a fault)."""
+    release_timeout_s: float = Field(120.0, gt=0)
+    """How long a replacement waits for its lost predecessor's name: Ray releases it once it declares
+    the actor dead, which on a lost node comes only after the node's missed heartbeats."""
 
 
 class FaultKill(Section):

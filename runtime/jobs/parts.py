@@ -190,7 +190,7 @@ def _roles(parts: RunParts, model_path: Path, run_dir: Path) -> list:
                        {}, republish)
     service = Role("service", 0, parts.service, InferenceService,
                    (cfg, str(model_path), str(run_dir), parts.broadcaster, parts.service),
-                   resources(place.service), start_serving)
+                   resources(place.service), start_serving, needs=(parts.broadcaster,))
     evaluator = Role("evaluator", 0, parts.evaluator, Evaluator, (cfg, str(run_dir), parts.evaluator),
                      resources(place.evaluator), set_up)
     if not cfg.synthetic.jobs:

@@ -38,7 +38,7 @@ class Supervisor:
 
     def spawn(self, role: Role) -> Any:
         """Register `role` and start its actor (setup is the caller's: roles set up together)."""
-        handle = role.spawn()
+        handle = role.spawn(self.cfg.release_timeout_s)
         with self._lock:
             self.roles[role.name], self.handles[role.name] = role, handle
             self._locks.setdefault(role.name, threading.Lock())
@@ -109,14 +109,28 @@ class Supervisor:
         role, where = self.roles[name], f" at {at}" if at else ""
         started = time.perf_counter()
         self._give_up_on(name, fault, where)
-        handle = role.spawn()
+        for need in role.needs:  # lost with it (one node): what its restart calls comes back first
+            self.ensure(need, f"the replacement of {name}")
+        handle = role.spawn(self.cfg.release_timeout_s)
         if restart and role.restart is not None:
-            role.restart(handle)  # before anyone is handed it: callers keep the lost one (PeerLost) until then
+            self._bring_up(role, handle)
         with self._lock:
             self.handles[name] = handle
         if restart:
             self.recovered(name, f"{name} replaced{where}", time.perf_counter() - started)
         return handle
+
+    @staticmethod
+    def _bring_up(role: Role, handle: Any) -> None:
+        """role.restart, before anyone is handed the replacement (callers keep the lost one, PeerLost,
+        until then); one that fails is killed, so that it does not keep the name from the next try."""
+        import ray
+
+        try:
+            role.restart(handle)
+        except BaseException:
+            ray.kill(handle, no_restart=True)
+            raise
 
     def retire(self, name: str, fault: Status, at: str = "") -> None:
         """`name` is lost and its place taken by another actor the caller owns (a spare): record, kill, forget."""
