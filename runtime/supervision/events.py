@@ -25,7 +25,8 @@ class EventLog:
         """`kind`: lost, hung, replaced, resized (a trainer group going on smaller), joined (a
         replacement joining a smaller group), scaled (the inference service added or removed a server),
         restored, republished, injected, failed."""
-        row = {"time": time.time(), "kind": kind, "role": role, "message": message, "pid": os.getpid(), **fields}
+        # pid: the writer's, never a field's (the console skips its own process's rows: already said)
+        row = {"time": time.time(), "kind": kind, "role": role, "message": message, **fields, "pid": os.getpid()}
         if seconds is not None:
             row["seconds"] = round(seconds, 3)
         with self._lock:

@@ -46,7 +46,7 @@ class FaultInjector:
             return
         os.kill(pid, getattr(signal, f"SIG{kill.signal}"))
         self.events.record("injected", kill.role, f"fault: SIG{kill.signal} to {kill.role} {kill.index} (pid {pid}) "
-                           f"at {kill.stage} step {kill.step}", pid=pid, stage=kill.stage, step=kill.step)
+                           f"at {kill.stage} step {kill.step}", target_pid=pid, stage=kill.stage, step=kill.step)
 
     def stop(self) -> None:
         for timer in self.timers:

@@ -90,7 +90,7 @@ def test_the_main_job_survives_a_kill_of_every_role(fault_free, tiny_model, tmp_
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     injected = [e for e in events if e["kind"] == "injected"]
-    assert len(injected) == kills.count("role:") and all("pid" in e for e in injected), injected
+    assert len(injected) == kills.count("role:") and all("target_pid" in e for e in injected), injected
     recovered = {}  # a lost trainer is carried by its peer (resized) or replaced by a warm spare
     for e in events:
         if e["kind"] in ("replaced", "resized"):

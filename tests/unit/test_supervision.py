@@ -51,6 +51,21 @@ def test_events_go_to_the_console_once_and_to_events_jsonl(tmp_path):
     assert log.counts == {"lost": 1, "replaced": 1}
 
 
+def test_the_console_says_each_event_once_whoever_wrote_it(tmp_path):
+    from runtime.jobs.console import EventTail
+
+    said, tailed = [], []
+    log = EventLog(tmp_path, "exp", say=said.append)
+    with EventTail(tmp_path, tailed.append, interval_s=0.05):
+        log.record("injected", "service", "fault: SIGKILL to service 0 (pid 1234)", target_pid=1234, pid=1234)
+        with (tmp_path / "events.jsonl").open("a") as f:  # an actor's row: another process wrote it
+            f.write(json.dumps({"kind": "lost", "role": "inference", "message": "x/inference/0 died",
+                                "pid": os.getpid() + 1}) + "\n")
+    assert said == ["[factory] fault: SIGKILL to service 0 (pid 1234)"]
+    assert tailed == ["x/inference/0 died"], "the driver's own row is not said twice"
+    assert read_events(tmp_path)[0]["target_pid"] == 1234
+
+
 def test_a_run_directory_says_finished_failed_interrupted_or_lost(tmp_path):
     set_status(tmp_path, "finished")
     assert describe(tmp_path) == "finished"
