@@ -14,6 +14,21 @@ import threading
 from pathlib import Path
 
 
+_lines = threading.Lock()
+
+
+def line(text: str) -> None:
+    """One whole line on stdout: never interleaved with another thread's (fault drills, the event
+    tail and the loops all speak), and above a progress bar rather than glued to its end."""
+    import sys
+
+    from tqdm import tqdm
+
+    with _lines:
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
+
+
 class EventTail:
     """Prints, as `[factory] ...` lines, the events actors append to RUN_DIR/events.jsonl (their own
     console is not the driver's); the driver's own events it already printed are skipped."""
@@ -77,7 +92,7 @@ def collect_logs(run_dir: Path) -> Path | None:
                     name = f"{name}.pid{pid}"
                 shutil.copyfile(path, target / f"{name}{path.suffix}")
     except OSError as exc:  # the logs are a copy: a run does not fail over them
-        print(f"[factory] actors' output not copied to {target}: {exc}", flush=True)
+        line(f"[factory] actors' output not copied to {target}: {exc}")
         return None
     return target
 

@@ -268,4 +268,6 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def say(message: str) -> None:
-    print(f"[factory] {message}", flush=True)
+    from runtime.jobs.console import line
+
+    line(f"[factory] {message}")

@@ -112,7 +112,9 @@ def start(cfg: FactoryConfig, model_path: Path, run_dir: Path, say=print, traine
     """Start every part; `trainer_state` (an object ref of a checkpoint's shard state) resumes the trainers."""
     from runtime.core.cluster import actor_name
 
-    events = EventLog(run_dir, cfg.experiment.name, say=print)
+    from runtime.jobs.console import line
+
+    events = EventLog(run_dir, cfg.experiment.name, say=line)
     name = cfg.experiment.name
     parts = RunParts(cfg, Supervisor(cfg.supervision, events), events, actor_name(name, "blender", 0),
                      actor_name(name, "tasks", 0), actor_name(name, "broadcaster", 0), service_name(name),
