@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from runtime.core.config import FactoryConfig, SupervisionConfig
-from runtime.core.errors import RunFailed
+from runtime.core.errors import PeerLost, RunFailed
 from runtime.supervision.events import EventLog
 from runtime.supervision.policy import Policy
 from runtime.supervision.role import Role
@@ -109,28 +109,39 @@ class Supervisor:
         role, where = self.roles[name], f" at {at}" if at else ""
         started = time.perf_counter()
         self._give_up_on(name, fault, where)
-        for need in role.needs:  # lost with it (one node): what its restart calls comes back first
-            self.ensure(need, f"the replacement of {name}")
-        handle = role.spawn(self.cfg.release_timeout_s)
-        if restart and role.restart is not None:
-            self._bring_up(role, handle)
+        handle = self._bring_up(role, restart, time.monotonic() + self.cfg.release_timeout_s)
         with self._lock:
             self.handles[name] = handle
         if restart:
             self.recovered(name, f"{name} replaced{where}", time.perf_counter() - started)
         return handle
 
-    @staticmethod
-    def _bring_up(role: Role, handle: Any) -> None:
-        """role.restart, before anyone is handed the replacement (callers keep the lost one, PeerLost,
-        until then); one that fails is killed, so that it does not keep the name from the next try."""
+    def _bring_up(self, role: Role, restart: bool, deadline: float) -> Any:
+        """Spawn `role`'s replacement and run role.restart on it before anyone is handed it (callers
+        keep the lost one, PeerLost, until then). What it needs comes back first (lost with it on
+        one node). A replacement lost while starting (placed on a node Ray has not yet declared
+        dead), or whose restart met a need lost meanwhile, is tried again until `deadline`; one
+        that fails is killed, so that it does not keep the name from the next try."""
         import ray
 
-        try:
-            role.restart(handle)
-        except BaseException:
-            ray.kill(handle, no_restart=True)
-            raise
+        while True:
+            for need in role.needs:
+                self.ensure(need, f"the replacement of {role.name}")
+            handle = role.spawn(max(1.0, deadline - time.monotonic()))
+            if not restart or role.restart is None:
+                return handle
+            try:
+                role.restart(handle)
+                return handle
+            except PeerLost as exc:
+                ray.kill(handle, no_restart=True)
+                if time.monotonic() > deadline:
+                    raise
+                self.events.say(f"[factory] {role.name}: its replacement was lost while starting ({exc}); trying again")
+                time.sleep(1.0)
+            except BaseException:
+                ray.kill(handle, no_restart=True)
+                raise
 
     def retire(self, name: str, fault: Status, at: str = "") -> None:
         """`name` is lost and its place taken by another actor the caller owns (a spare): record, kill, forget."""

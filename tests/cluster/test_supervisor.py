@@ -98,3 +98,27 @@ def test_a_replacement_whose_restart_fails_is_killed_and_the_next_try_takes_the_
         assert [line for line in said if "replaced" in line][-1].startswith(f"[factory] {name} replaced")
     finally:
         sup.stop(10)
+
+
+def test_a_replacement_lost_while_starting_is_tried_again(ray_cluster, tmp_path):
+    """As on a node removed but not yet declared dead, where Ray may still place the replacement."""
+    said: list = []
+    sup = supervisor(tmp_path, said)
+    name, starts = "sup/blender/0", []
+
+    def restart(handle) -> None:
+        starts.append(handle)
+        if len(starts) == 1:
+            kill(handle)
+        set_up(handle)
+
+    sup.spawn(Role("blender", 0, name, WeightBroadcaster, (WeightsConfig(), []), restart=restart))
+    try:
+        kill(sup.handle(name))
+        assert sup.ensure(name, "a test") is True
+        assert len(starts) == 2 and sup.handle(name) is starts[1]
+        assert sup.probe([name]) == {name: "ok"}
+        assert any("lost while starting" in line for line in said), said
+        assert sum(" replaced" in line for line in said) == 1, said
+    finally:
+        sup.stop(10)
