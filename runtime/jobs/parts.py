@@ -111,7 +111,6 @@ class RunParts:
 def start(cfg: FactoryConfig, model_path: Path, run_dir: Path, say=print, trainer_state: Any = None) -> RunParts:
     """Start every part; `trainer_state` (an object ref of a checkpoint's shard state) resumes the trainers."""
     from runtime.core.cluster import actor_name
-
     from runtime.jobs.console import line
 
     events = EventLog(run_dir, cfg.experiment.name, say=line)

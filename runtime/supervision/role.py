@@ -29,7 +29,7 @@ class Role:
     """Names of the roles its `restart` calls (the service loads the broadcaster's newest version):
     lost together, as on one node, those are brought back first."""
 
-    def spawn(self, wait_s: float = 30.0) -> Any:
+    def spawn(self, wait_s: float) -> Any:
         """Create the actor under its name, waiting up to `wait_s` for a dead predecessor to release
         the name (SetupTimeout when it has not)."""
         actor = remote_class(self.cls).options(name=self.name, **self.options)

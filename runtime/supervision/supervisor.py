@@ -133,15 +133,12 @@ class Supervisor:
             try:
                 role.restart(handle)
                 return handle
-            except PeerLost as exc:
+            except BaseException as exc:
                 ray.kill(handle, no_restart=True)
-                if time.monotonic() > deadline:
+                if not isinstance(exc, PeerLost) or time.monotonic() > deadline:
                     raise
                 self.events.say(f"[factory] {role.name}: its replacement was lost while starting ({exc}); trying again")
                 time.sleep(1.0)
-            except BaseException:
-                ray.kill(handle, no_restart=True)
-                raise
 
     def retire(self, name: str, fault: Status, at: str = "") -> None:
         """`name` is lost and its place taken by another actor the caller owns (a spare): record, kill, forget."""
