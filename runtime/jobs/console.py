@@ -18,14 +18,18 @@ _lines = threading.Lock()
 
 
 def line(text: str) -> None:
-    """One whole line on stdout: never interleaved with another thread's (fault drills, the event
-    tail and the loops all speak), and above a progress bar rather than glued to its end."""
+    """One whole line on stdout, never interleaved with another thread's (fault drills, the event
+    tail and the loops all speak); on a terminal above the live progress bar (tqdm.write). In a
+    log the bar is not live, and clearing it would only write blanks there."""
     import sys
 
     from tqdm import tqdm
 
     with _lines:
-        tqdm.write(text, file=sys.stdout)
+        if sys.stderr.isatty():
+            tqdm.write(text, file=sys.stdout)
+        else:
+            sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
 
