@@ -34,8 +34,8 @@ from runtime.core.config import InferenceConfig
 from runtime.core.errors import SetupNotRun, StaleVersionError
 from runtime.core.generation import Completion, GenerationRequest, GenerationResult
 from runtime.core.metrics import ServerMetrics
-from runtime.model.engine_weights import (DirectWeights, keep_plain_weights, load_checkpoint, plain_linears, plan,
-                                           plannable)
+from runtime.model.engine_weights import (DirectWeights, keep_plain_weights, load_checkpoint, packed_weights,
+                                           plain_linears, plan, plannable)
 from runtime.model.weights import as_tensor
 
 
@@ -61,7 +61,7 @@ class InferenceServer:
         """(vLLM's LLM, its DirectWeights or None); runs on the engine's own thread."""
         from vllm import LLM
 
-        if self.cfg.direct_weights:
+        if self.cfg.weight_load == "plain":
             keep_plain_weights()
         llm = LLM(
             self.model_path,
@@ -78,7 +78,8 @@ class InferenceServer:
             # ("CPU Generator does not use offset"), so seeded sampling needs it off on CPU
             enable_chunked_prefill=self.cfg.chunked_prefill,
         )
-        return llm, direct_weights(llm, self.model_path) if self.cfg.direct_weights else None
+        return llm, None if self.cfg.weight_load == "reload" else direct_weights(llm, self.model_path,
+                                                                                self.cfg.weight_load)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Generate for every request; results in request order."""
@@ -151,16 +152,21 @@ def engine_env(cfg: InferenceConfig, index: int) -> dict[str, str]:
     }
 
 
-def direct_weights(llm, model_path: str) -> DirectWeights | None:
-    """The engine's copy plan, with its CPU linear layers made plain and the checkpoint loaded through
-    it (runtime.model.engine_weights); None where the model cannot be planned and vLLM's reload stays."""
+def direct_weights(llm, model_path: str, mode: str) -> DirectWeights | None:
+    """The engine's copy plan (runtime.model.engine_weights), with the CPU linear layers given plain
+    weights to copy into (`direct`: their oneDNN matmuls re-packed after each load; `plain`: read
+    through F.linear) and the checkpoint loaded through it; None where the model cannot be planned
+    and vLLM's reload stays."""
     def prepare(worker) -> DirectWeights | None:
         model = worker.model_runner.get_model()
         if not plannable(model):
             return None
-        made_plain = plain_linears(model)
-        direct = plan(model)
-        if made_plain:
+        packed = [] if mode == "plain" else packed_weights(model)
+        if packed is None:
+            return None
+        emptied = plain_linears(model) if mode == "plain" else len(packed)
+        direct = plan(model, packed)
+        if emptied:  # the plain weights given are zeros
             load_checkpoint(direct, model_path)
         return direct
 

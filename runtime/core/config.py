@@ -277,13 +277,15 @@ class InferenceConfig(Section):
     """Sequences an engine runs at once."""
     kv_cache_gb: float = Field(1.0, gt=0)
     """KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."""
-    direct_weights: bool = False
-    """Load each weight version with one copy per tensor into the engine's parameters
-    (runtime/model/engine_weights.py): 0.016 s instead of 0.100 s at 10M parameters on CPU. Off by
-    default on CPU because there the linear layers then read plain weights through F.linear, whose
-    results depend on the batch (a request retried on another server gets logprobs that differ in
-    the 7th digit), so a run with faults no longer ends bit-identical to the run without. Off:
-    vLLM's own reload, which re-packs every layer for oneDNN (batch-invariant)."""
+    weight_load: Literal["direct", "plain", "reload"] = "direct"
+    """How a server loads each weight version (runtime/model/engine_weights.py). `direct`: one copy
+    per tensor into the engine's parameters, then on CPU each linear layer's oneDNN matmul packed
+    again from them: answers bit-equal to `reload`'s and batch-invariant. `plain`: the copies only,
+    with the CPU linear layers reading plain weights through F.linear: fastest, but F.linear's
+    results depend on the batch (a request retried on another server gets logprobs differing in
+    the 7th digit), so a run with faults no longer ends bit-identical to the run without. `reload`:
+    vLLM's own reload_weights (every parameter's weight loader, then the re-pack). A model `direct`
+    cannot plan (sharded, quantized, other CPU kernels) is reloaded the `reload` way."""
     compile: bool = False
     """torch.compile the model: on CPU ~1.6x faster decoding of the tiny model, ~18 s slower start."""
     cpu_bind: str = "spread"

@@ -7,10 +7,16 @@ built once per engine: for every checkpoint tensor name, the view of the live
 parameter it lands in (fused layers such as `qkv_proj` take their parts at the
 offsets of `output_sizes`). A load is then one `copy_` per tensor.
 
-On CPU the engine's linear layers must read their `weight` parameter, not a
-private prepacked copy (oneDNN's prepacked matmul keeps its own copy, which no
-copy into the parameters reaches): `keep_plain_weights` makes vLLM build them on
-F.linear, and `plain_linears` converts any layer still packed after the build.
+On CPU vLLM packs every linear layer's weight for oneDNN and empties the
+parameter; the packed matmul keeps its own copy, which no copy into the
+parameters reaches. Two ways here (`inference.weight_load`):
+- `direct`: the layers keep vLLM's oneDNN matmuls; `packed_weights` gives each
+  emptied layer a plain weight to copy into, and after every load each matmul is
+  packed again from it (`repack`) - the same kernel and packing vLLM's reload
+  ends in, so answers stay batch-invariant and equal to the reload's, bit for bit.
+- `plain`: `keep_plain_weights` makes vLLM build the layers on F.linear over the
+  plain weight (`plain_linears` converts any layer still packed after the build):
+  no re-pack, but F.linear's sums depend on the batch.
 
 Contract: a load covers every planned parameter or changes nothing (a partial
 state would leave old weights beside new ones); names it does not know fail it.
@@ -29,10 +35,17 @@ import torch
 from runtime.model.weights import as_tensor
 
 
+ONEDNN_CACHE = 32
+"""Primitive cache size of a oneDNN matmul, as vLLM's `dispatch_cpu_unquantized_gemm` creates them."""
+
+
 class DirectWeights:
-    def __init__(self, views: dict[str, torch.Tensor], tied_lm_head: bool = False):
+    def __init__(self, views: dict[str, torch.Tensor], tied_lm_head: bool = False,
+                 packed: list[tuple[Any, torch.Tensor]] | None = None):
         self.views = views
         self.tied_lm_head = tied_lm_head
+        self.packed = packed or []
+        """(oneDNN matmul, the weight it is packed from): packed again after every load."""
 
     def load(self, weights: Mapping[str, Any]) -> int:
         """Copy every tensor of `weights` into its view; returns the bytes copied. Checked whole first:
@@ -44,6 +57,8 @@ class DirectWeights:
             for name, view in self.views.items():
                 view.copy_(sources[name])
                 copied += view.numel() * view.element_size()
+        for matmul, weight in self.packed:
+            repack(matmul, weight)
         return copied
 
     def _check(self, sources: Mapping[str, torch.Tensor]) -> None:
@@ -73,8 +88,9 @@ def plannable(model: torch.nn.Module) -> bool:
     return True
 
 
-def plan(model: torch.nn.Module) -> DirectWeights:
-    """The copy plan for a plannable vLLM model whose weights are plain (after `plain_linears` on CPU)."""
+def plan(model: torch.nn.Module, matmuls: list[tuple[Any, torch.Tensor]] | None = None) -> DirectWeights:
+    """The copy plan for a plannable vLLM model whose weights are plain (after `plain_linears` or
+    `packed_weights` on CPU); `matmuls` as `packed_weights` returns them."""
     packed = getattr(model, "packed_modules_mapping", {}) or {}
     views: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
@@ -88,7 +104,38 @@ def plan(model: torch.nn.Module) -> DirectWeights:
             raise ValueError(f"{name}: parts {packed[fused]} of sizes {sizes} do not fill its {param.shape[0]} rows")
         for part, view in zip(packed[fused], param.data.split(sizes)):
             views[f"{parent}.{part}.{leaf}"] = view
-    return DirectWeights(views, tied_lm_head="lm_head.weight" not in views)
+    return DirectWeights(views, tied_lm_head="lm_head.weight" not in views, packed=matmuls)
+
+
+def packed_weights(model: torch.nn.Module) -> list[tuple[Any, torch.Tensor]] | None:
+    """For `direct` on CPU: every layer's (oneDNN matmul, weight to re-pack it from), after giving each
+    layer whose weight vLLM emptied a plain one (zeros: load the checkpoint into it next). None, and
+    nothing changed, where a layer computes another way (sgl or zen kernels): vLLM's reload stays."""
+    found = []
+    for module in model.modules():
+        linear = getattr(module, "cpu_linear", None)
+        if linear is None or linear is torch.nn.functional.linear:
+            continue
+        matmuls = [cell.cell_contents for cell in getattr(linear, "__closure__", None) or ()
+                   if hasattr(cell.cell_contents, "handler_tensor")]
+        if len(matmuls) != 1:
+            return None
+        found.append((module, matmuls[0]))
+    for module, _ in found:
+        if not module.weight.numel():
+            shape = (module.output_size_per_partition, module.input_size_per_partition)
+            module.weight = torch.nn.Parameter(torch.zeros(shape, dtype=module.weight.dtype), requires_grad=False)
+    return [(matmul, module.weight) for module, matmul in found]
+
+
+def repack(matmul: Any, weight: torch.Tensor) -> None:
+    """Pack `matmul` (vLLM's oneDNN handler) again from `weight`, in place: the handler object and
+    the tensor holding its pointer (which a compiled graph may hold) stay, the pointer in it changes,
+    and the old packed matmul is released."""
+    fresh = torch.ops._C.create_onednn_mm_handler(weight.t(), ONEDNN_CACHE)
+    old = int(matmul.handler_tensor.item())
+    matmul.handler_tensor.fill_(fresh)
+    matmul.dtor(old)
 
 
 def keep_plain_weights() -> bool:

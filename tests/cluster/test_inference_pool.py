@@ -26,7 +26,7 @@ PROMPTS = ["def f(x):\n    return", "12 + 7 =", "def add(a, b):", "99 - 3 ="]
 @pytest.fixture(scope="module")
 def pool(ray_cluster, tiny_model):
     cfg = load_config("default", [f"model.path={tiny_model}", "experiment.name=test-pool", "inference.cpu_bind=nobind",
-                                  "inference.direct_weights=true"])  # vLLM's own reload: test_weight_broadcast
+                                  "inference.weight_load=plain"])  # direct: test_weight_load, test_weight_broadcast
     pool = InferencePool(cfg, tiny_model).start()
     yield pool
     pool.shutdown()

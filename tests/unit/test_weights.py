@@ -88,3 +88,54 @@ def test_a_state_that_does_not_match_the_engine_changes_nothing(change, message)
     with pytest.raises(ValueError, match=message):
         plan(model).load(state)
     assert not model.attn.qkv_proj.weight.any() and not model.norm.weight.any(), "a partial load mixes versions"
+
+
+class _PackedLinear(torch.nn.Module):
+    """A linear layer as vLLM builds it on CPU: the weight packed into a oneDNN matmul that
+    `cpu_linear` calls, the parameter emptied."""
+
+    def __init__(self, weight: torch.Tensor):
+        from vllm import _custom_ops as ops
+
+        super().__init__()
+        self.output_size_per_partition, self.input_size_per_partition = weight.shape
+        matmul = ops.create_onednn_mm(weight.t(), 32)
+        self.cpu_linear = lambda x, weight, bias: ops.onednn_mm(matmul, x, bias)
+        self.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, x):
+        return self.cpu_linear(x, self.weight, None)
+
+
+def test_direct_weights_repack_the_onednn_matmul_so_it_computes_with_the_new_weights_batch_invariantly():
+    pytest.importorskip("vllm")
+    from vllm import _custom_ops as ops
+
+    from runtime.model.engine_weights import packed_weights, plan
+
+    if not ops._supports_onednn:
+        pytest.skip("this vLLM build has no oneDNN matmul")
+    old, new = torch.randn(48, 32, generator=torch.Generator().manual_seed(1)), torch.randn(48, 32)
+    model = torch.nn.Module()
+    model.proj = _PackedLinear(old)
+    x = torch.randn(16, 32)
+    before = model.proj(x)
+    packed = packed_weights(model)
+    assert model.proj.weight.shape == (48, 32), "the emptied layer got a plain weight to copy into"
+    plan(model, packed).load({"proj.weight": new})
+    after = model.proj(x)
+    assert torch.allclose(after, x @ new.t(), atol=1e-4) and not torch.allclose(after, before)
+    assert torch.equal(after, ops.onednn_mm(ops.create_onednn_mm(new.t(), 32), x, None)), "the packing vLLM makes"
+    assert torch.equal(model.proj(x[:1])[0], after[0]), "a row's result does not depend on its batch"
+
+
+def test_a_layer_computing_another_way_keeps_the_reload():
+    from runtime.model.engine_weights import packed_weights
+
+    model = torch.nn.Module()
+    model.proj = torch.nn.Module()
+    packed = torch.zeros(4, 4)
+    model.proj.cpu_linear = lambda x, weight, bias: x @ packed  # sgl/zen kernels close over their own packing
+    model.proj.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+    assert packed_weights(model) is None
+    assert model.proj.weight.numel() == 0, "nothing changed"
