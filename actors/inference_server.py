@@ -153,20 +153,20 @@ def engine_env(cfg: InferenceConfig, index: int) -> dict[str, str]:
 
 
 def direct_weights(llm, model_path: str, mode: str) -> DirectWeights | None:
-    """The engine's copy plan (runtime.model.engine_weights), with the CPU linear layers given plain
-    weights to copy into (`direct`: their oneDNN matmuls re-packed after each load; `plain`: read
-    through F.linear) and the checkpoint loaded through it; None where the model cannot be planned
-    and vLLM's reload stays."""
+    """The engine's load plan (runtime.model.engine_weights): `direct` packs the CPU linear layers'
+    oneDNN matmuls again at each load; `plain` gives them plain weights read through F.linear
+    (the checkpoint loaded into them here). None where the model cannot be planned and vLLM's
+    reload stays."""
     def prepare(worker) -> DirectWeights | None:
         model = worker.model_runner.get_model()
         if not plannable(model):
             return None
-        packed = [] if mode == "plain" else packed_weights(model)
-        if packed is None:
-            return None
-        emptied = plain_linears(model) if mode == "plain" else len(packed)
-        direct = plan(model, packed)
-        if emptied:  # the plain weights given are zeros
+        if mode == "direct":
+            matmuls = packed_weights(model)
+            return None if matmuls is None else plan(model, matmuls)
+        made_plain = plain_linears(model)
+        direct = plan(model)
+        if made_plain:  # the plain weights given are zeros
             load_checkpoint(direct, model_path)
         return direct
 

@@ -10,10 +10,12 @@ offsets of `output_sizes`). A load is then one `copy_` per tensor.
 On CPU vLLM packs every linear layer's weight for oneDNN and empties the
 parameter; the packed matmul keeps its own copy, which no copy into the
 parameters reaches. Two ways here (`inference.weight_load`):
-- `direct`: the layers keep vLLM's oneDNN matmuls; `packed_weights` gives each
-  emptied layer a plain weight to copy into, and after every load each matmul is
-  packed again from it (`repack`) - the same kernel and packing vLLM's reload
-  ends in, so answers stay batch-invariant and equal to the reload's, bit for bit.
+- `direct`: the layers keep vLLM's oneDNN matmuls (`packed_weights` finds them);
+  a load packs each again (`repack`) from its checkpoint tensor, or for a fused
+  layer from its parts copied into one staging buffer reused layer after layer
+  (no second copy of the weights is kept) - the same kernel and packing vLLM's
+  reload ends in, so answers stay batch-invariant and equal to the reload's, bit
+  for bit. Parameters vLLM keeps (norms, embeddings) are copied into as above.
 - `plain`: `keep_plain_weights` makes vLLM build the layers on F.linear over the
   plain weight (`plain_linears` converts any layer still packed after the build):
   no re-pack, but F.linear's sums depend on the batch.
@@ -27,6 +29,7 @@ for the others.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,36 +42,61 @@ ONEDNN_CACHE = 32
 """Primitive cache size of a oneDNN matmul, as vLLM's `dispatch_cpu_unquantized_gemm` creates them."""
 
 
+@dataclass
+class PackedLayer:
+    """A CPU linear layer whose weight vLLM packed into a oneDNN matmul and emptied: a load packs it
+    again from its checkpoint parts (rows, in order), one staging buffer at a time."""
+    matmul: Any
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    parts: dict[str, int]
+
+    def load(self, sources: Mapping[str, torch.Tensor], staging: torch.Tensor) -> None:
+        [first, *others] = self.parts
+        if not others and sources[first].dtype == self.dtype:
+            repack(self.matmul, sources[first])  # packing reads it: no copy first
+            return
+        weight = staging[: self.shape[0] * self.shape[1]].view(self.shape)
+        for view, name in zip(weight.split(list(self.parts.values())), self.parts):
+            view.copy_(sources[name])
+        repack(self.matmul, weight)
+
+
 class DirectWeights:
     def __init__(self, views: dict[str, torch.Tensor], tied_lm_head: bool = False,
-                 packed: list[tuple[Any, torch.Tensor]] | None = None):
+                 layers: list[PackedLayer] | None = None, repacked: list[tuple[Any, torch.Tensor]] | None = None):
         self.views = views
         self.tied_lm_head = tied_lm_head
-        self.packed = packed or []
-        """(oneDNN matmul, the weight it is packed from): packed again after every load."""
+        self.layers = layers or []
+        self.repacked = repacked or []
+        """(oneDNN matmul, the parameter it is packed from, which it keeps): packed again after the copies."""
+        self.shapes = {name: tuple(view.shape) for name, view in views.items()}
+        self.shapes.update({name: (rows, layer.shape[1]) for layer in self.layers for name, rows in layer.parts.items()})
+        largest = max(self.layers, key=lambda layer: layer.shape[0] * layer.shape[1], default=None)
+        self.staging = torch.empty(0) if largest is None else torch.empty(largest.shape, dtype=largest.dtype).view(-1)
 
     def load(self, weights: Mapping[str, Any]) -> int:
-        """Copy every tensor of `weights` into its view; returns the bytes copied. Checked whole first:
-        a state that does not match raises ValueError and changes nothing."""
+        """Copy every tensor of `weights` into its view (and pack the oneDNN layers again); returns the
+        bytes loaded. Checked whole first: a state that does not match raises ValueError and changes nothing."""
         sources = {name: as_tensor(value) for name, value in weights.items()}
         self._check(sources)
-        copied = 0
         with torch.no_grad():
             for name, view in self.views.items():
                 view.copy_(sources[name])
-                copied += view.numel() * view.element_size()
-        for matmul, weight in self.packed:
+            for layer in self.layers:
+                layer.load(sources, self.staging)
+        for matmul, weight in self.repacked:
             repack(matmul, weight)
-        return copied
+        return sum(sources[name].numel() * sources[name].element_size() for name in self.shapes)
 
     def _check(self, sources: Mapping[str, torch.Tensor]) -> None:
-        unknown = sorted(name for name in set(sources) - set(self.views) if not self._ignored(name))
-        missing = sorted(set(self.views) - set(sources))
+        unknown = sorted(name for name in set(sources) - set(self.shapes) if not self._ignored(name))
+        missing = sorted(set(self.shapes) - set(sources))
         if unknown or missing:
             raise ValueError(f"weights do not match the engine's model: unknown {unknown[:3]}, missing {missing[:3]}")
-        for name, view in self.views.items():
-            if sources[name].shape != view.shape:
-                raise ValueError(f"{name}: shape {tuple(sources[name].shape)}, the engine's is {tuple(view.shape)}")
+        for name, shape in self.shapes.items():
+            if tuple(sources[name].shape) != shape:
+                raise ValueError(f"{name}: shape {tuple(sources[name].shape)}, the engine's is {shape}")
 
     def _ignored(self, name: str) -> bool:
         """Checkpoint names the engine has no parameter for: a tied head, rotary frequencies it computes."""
@@ -88,31 +116,53 @@ def plannable(model: torch.nn.Module) -> bool:
     return True
 
 
-def plan(model: torch.nn.Module, matmuls: list[tuple[Any, torch.Tensor]] | None = None) -> DirectWeights:
-    """The copy plan for a plannable vLLM model whose weights are plain (after `plain_linears` or
-    `packed_weights` on CPU); `matmuls` as `packed_weights` returns them."""
-    packed = getattr(model, "packed_modules_mapping", {}) or {}
+Matmul = tuple[str, torch.nn.Module, Any]
+"""(module name, module, its oneDNN matmul), as `packed_weights` finds them."""
+
+
+def plan(model: torch.nn.Module, matmuls: list[Matmul] | None = None) -> DirectWeights:
+    """The copy plan for a plannable vLLM model: a view of the live parameter for every checkpoint
+    name, except the layers of `matmuls` whose weight vLLM emptied, which are packed again instead."""
+    fused = getattr(model, "packed_modules_mapping", {}) or {}
+    emptied = {name: (module, matmul) for name, module, matmul in matmuls or [] if not module.weight.numel()}
     views: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
         module_name, _, leaf = name.rpartition(".")
-        parent, _, fused = module_name.rpartition(".")
-        if fused not in packed:
+        parent, _, last = module_name.rpartition(".")
+        if module_name in emptied:
+            continue
+        if last not in fused:
             views[name] = param.data
             continue
-        sizes = model.get_submodule(module_name).output_sizes
-        if len(sizes) != len(packed[fused]) or sum(sizes) != param.shape[0]:
-            raise ValueError(f"{name}: parts {packed[fused]} of sizes {sizes} do not fill its {param.shape[0]} rows")
-        for part, view in zip(packed[fused], param.data.split(sizes)):
+        for part, view in zip(fused[last], param.data.split(_sizes(model.get_submodule(module_name), fused[last], name,
+                                                                   param.shape[0]))):
             views[f"{parent}.{part}.{leaf}"] = view
-    return DirectWeights(views, tied_lm_head="lm_head.weight" not in views, packed=matmuls)
+    layers = [_packed_layer(name, module, matmul, fused) for name, (module, matmul) in emptied.items()]
+    kept = [(matmul, module.weight) for name, module, matmul in matmuls or [] if name not in emptied]
+    return DirectWeights(views, tied_lm_head="lm_head.weight" not in views, layers=layers, repacked=kept)
 
 
-def packed_weights(model: torch.nn.Module) -> list[tuple[Any, torch.Tensor]] | None:
-    """For `direct` on CPU: every layer's (oneDNN matmul, weight to re-pack it from), after giving each
-    layer whose weight vLLM emptied a plain one (zeros: load the checkpoint into it next). None, and
-    nothing changed, where a layer computes another way (sgl or zen kernels): vLLM's reload stays."""
+def _sizes(module: torch.nn.Module, parts: list[str], name: str, rows: int) -> list[int]:
+    sizes = list(module.output_sizes)
+    if len(sizes) != len(parts) or sum(sizes) != rows:
+        raise ValueError(f"{name}: parts {parts} of sizes {sizes} do not fill its {rows} rows")
+    return sizes
+
+
+def _packed_layer(name: str, module: torch.nn.Module, matmul: Any, fused: Mapping[str, list[str]]) -> PackedLayer:
+    parent, _, last = name.rpartition(".")
+    shape = (module.output_size_per_partition, module.input_size_per_partition)
+    prefix = f"{parent}." if parent else ""
+    parts = ({f"{prefix}{part}.weight": rows for part, rows in zip(fused[last], _sizes(module, fused[last], name, shape[0]))}
+             if last in fused else {f"{name}.weight": shape[0]})
+    return PackedLayer(matmul, shape, module.weight.dtype, parts)
+
+
+def packed_weights(model: torch.nn.Module) -> list[Matmul] | None:
+    """For `direct` on CPU: every layer's oneDNN matmul (for `plan`). None where a layer computes
+    another way (sgl or zen kernels): vLLM's reload stays."""
     found = []
-    for module in model.modules():
+    for name, module in model.named_modules():
         linear = getattr(module, "cpu_linear", None)
         if linear is None or linear is torch.nn.functional.linear:
             continue
@@ -120,12 +170,8 @@ def packed_weights(model: torch.nn.Module) -> list[tuple[Any, torch.Tensor]] | N
                    if hasattr(cell.cell_contents, "handler_tensor")]
         if len(matmuls) != 1:
             return None
-        found.append((module, matmuls[0]))
-    for module, _ in found:
-        if not module.weight.numel():
-            shape = (module.output_size_per_partition, module.input_size_per_partition)
-            module.weight = torch.nn.Parameter(torch.zeros(shape, dtype=module.weight.dtype), requires_grad=False)
-    return [(matmul, module.weight) for module, matmul in found]
+        found.append((name, module, matmuls[0]))
+    return found
 
 
 def repack(matmul: Any, weight: torch.Tensor) -> None:

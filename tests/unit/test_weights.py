@@ -92,13 +92,14 @@ def test_a_state_that_does_not_match_the_engine_changes_nothing(change, message)
 
 class _PackedLinear(torch.nn.Module):
     """A linear layer as vLLM builds it on CPU: the weight packed into a oneDNN matmul that
-    `cpu_linear` calls, the parameter emptied."""
+    `cpu_linear` calls, the parameter emptied; `output_sizes` for a fused one."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, output_sizes: list[int] | None = None):
         from vllm import _custom_ops as ops
 
         super().__init__()
         self.output_size_per_partition, self.input_size_per_partition = weight.shape
+        self.output_sizes = output_sizes or [weight.shape[0]]
         matmul = ops.create_onednn_mm(weight.t(), 32)
         self.cpu_linear = lambda x, weight, bias: ops.onednn_mm(matmul, x, bias)
         self.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
@@ -107,7 +108,19 @@ class _PackedLinear(torch.nn.Module):
         return self.cpu_linear(x, self.weight, None)
 
 
-def test_direct_weights_repack_the_onednn_matmul_so_it_computes_with_the_new_weights_batch_invariantly():
+class _PackedToy(torch.nn.Module):
+    packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.Module()
+        self.attn.qkv_proj = _PackedLinear(torch.randn(40, 32), [24, 8, 8])
+        self.attn.o_proj = _PackedLinear(torch.randn(32, 24))
+        self.norm = torch.nn.Module()
+        self.norm.weight = torch.nn.Parameter(torch.zeros(3), requires_grad=False)
+
+
+def test_a_direct_load_packs_the_onednn_matmuls_again_so_they_compute_with_the_new_weights():
     pytest.importorskip("vllm")
     from vllm import _custom_ops as ops
 
@@ -115,18 +128,37 @@ def test_direct_weights_repack_the_onednn_matmul_so_it_computes_with_the_new_wei
 
     if not ops._supports_onednn:
         pytest.skip("this vLLM build has no oneDNN matmul")
-    old, new = torch.randn(48, 32, generator=torch.Generator().manual_seed(1)), torch.randn(48, 32)
-    model = torch.nn.Module()
-    model.proj = _PackedLinear(old)
-    x = torch.randn(16, 32)
-    before = model.proj(x)
-    packed = packed_weights(model)
-    assert model.proj.weight.shape == (48, 32), "the emptied layer got a plain weight to copy into"
-    plan(model, packed).load({"proj.weight": new})
-    after = model.proj(x)
-    assert torch.allclose(after, x @ new.t(), atol=1e-4) and not torch.allclose(after, before)
-    assert torch.equal(after, ops.onednn_mm(ops.create_onednn_mm(new.t(), 32), x, None)), "the packing vLLM makes"
-    assert torch.equal(model.proj(x[:1])[0], after[0]), "a row's result does not depend on its batch"
+    model = _PackedToy()
+    new = {"attn.q_proj.weight": torch.randn(24, 32), "attn.k_proj.weight": torch.randn(8, 32),
+           "attn.v_proj.weight": torch.randn(8, 32), "attn.o_proj.weight": torch.randn(32, 24, dtype=torch.float64),
+           "norm.weight": torch.arange(3.0)}
+    x, y = torch.randn(16, 32), torch.randn(16, 24)
+    before = model.attn.qkv_proj(x)
+    direct = plan(model, packed_weights(model))
+    assert direct.load(shareable(new)) == sum(t.numel() * t.element_size() for t in new.values())
+    qkv = torch.cat([new["attn.q_proj.weight"], new["attn.k_proj.weight"], new["attn.v_proj.weight"]])
+    after = model.attn.qkv_proj(x)
+    assert torch.allclose(after, x @ qkv.t(), atol=1e-4) and not torch.allclose(after, before)
+    assert torch.equal(after, ops.onednn_mm(ops.create_onednn_mm(qkv.t(), 32), x, None)), "the packing vLLM makes"
+    assert torch.allclose(model.attn.o_proj(y), y @ new["attn.o_proj.weight"].float().t(), atol=1e-4), "converted"
+    assert model.norm.weight.tolist() == [0, 1, 2]
+    assert torch.equal(model.attn.qkv_proj(x[:1])[0], after[0]), "a row's result does not depend on its batch"
+    assert model.attn.qkv_proj.weight.numel() == 0, "no second copy of the weights is kept"
+
+
+def test_a_direct_load_that_does_not_match_a_packed_layer_changes_nothing():
+    pytest.importorskip("vllm")
+    from runtime.model.engine_weights import packed_weights, plan
+
+    model = _PackedToy()
+    x = torch.randn(2, 32)
+    before = model.attn.qkv_proj(x)
+    state = {"attn.q_proj.weight": torch.randn(24, 32), "attn.k_proj.weight": torch.randn(8, 32),
+             "attn.v_proj.weight": torch.randn(9, 32), "attn.o_proj.weight": torch.randn(32, 24),
+             "norm.weight": torch.ones(3)}
+    with pytest.raises(ValueError, match="attn.v_proj.weight: shape \\(9, 32\\)"):
+        plan(model, packed_weights(model)).load(state)
+    assert torch.equal(model.attn.qkv_proj(x), before) and not model.norm.weight.any()
 
 
 def test_a_layer_computing_another_way_keeps_the_reload():
@@ -138,4 +170,3 @@ def test_a_layer_computing_another_way_keeps_the_reload():
     model.proj.cpu_linear = lambda x, weight, bias: x @ packed  # sgl/zen kernels close over their own packing
     model.proj.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
     assert packed_weights(model) is None
-    assert model.proj.weight.numel() == 0, "nothing changed"
