@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -21,8 +22,6 @@ def line(text: str) -> None:
     """One whole line on stdout, never interleaved with another thread's (fault drills, the event
     tail and the loops all speak); on a terminal above the live progress bar (tqdm.write). In a
     log the bar is not live, and clearing it would only write blanks there."""
-    import sys
-
     from tqdm import tqdm
 
     with _lines:
@@ -117,8 +116,6 @@ def _actor_names() -> dict[str, str]:
 
 def progress_bar(steps, **kwargs):
     """A tqdm bar: live on a terminal; in a log (a Ray job, a pipe) one line every 30 s, not one per step."""
-    import sys
-
     from tqdm import tqdm
 
     class Bar(tqdm):

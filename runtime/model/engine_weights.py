@@ -128,34 +128,32 @@ def plan(model: torch.nn.Module, matmuls: list[Matmul] | None = None) -> DirectW
     views: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
         module_name, _, leaf = name.rpartition(".")
-        parent, _, last = module_name.rpartition(".")
         if module_name in emptied:
             continue
-        if last not in fused:
-            views[name] = param.data
-            continue
-        for part, view in zip(fused[last], param.data.split(_sizes(model.get_submodule(module_name), fused[last], name,
-                                                                   param.shape[0]))):
-            views[f"{parent}.{part}.{leaf}"] = view
+        parts = _parts(module_name, leaf, model.get_submodule(module_name), fused, param.shape[0])
+        views.update(zip(parts, param.data.split(list(parts.values()))))
     layers = [_packed_layer(name, module, matmul, fused) for name, (module, matmul) in emptied.items()]
     kept = [(matmul, module.weight) for name, module, matmul in matmuls or [] if name not in emptied]
     return DirectWeights(views, tied_lm_head="lm_head.weight" not in views, layers=layers, repacked=kept)
 
 
-def _sizes(module: torch.nn.Module, parts: list[str], name: str, rows: int) -> list[int]:
+def _parts(module_name: str, leaf: str, module: torch.nn.Module, fused: Mapping[str, list[str]],
+           rows: int) -> dict[str, int]:
+    """The checkpoint names of a module's `leaf` tensor (weight, bias) and their rows, in order: one
+    name, or for a fused module (`qkv_proj`: q, k, v) one per part at its `output_sizes`."""
+    parent, _, last = module_name.rpartition(".")
+    if last not in fused:
+        return {f"{module_name}.{leaf}": rows}
     sizes = list(module.output_sizes)
-    if len(sizes) != len(parts) or sum(sizes) != rows:
-        raise ValueError(f"{name}: parts {parts} of sizes {sizes} do not fill its {rows} rows")
-    return sizes
+    if len(sizes) != len(fused[last]) or sum(sizes) != rows:
+        raise ValueError(f"{module_name}.{leaf}: parts {fused[last]} of sizes {sizes} do not fill its {rows} rows")
+    prefix = f"{parent}." if parent else ""
+    return {f"{prefix}{part}.{leaf}": size for part, size in zip(fused[last], sizes)}
 
 
 def _packed_layer(name: str, module: torch.nn.Module, matmul: Any, fused: Mapping[str, list[str]]) -> PackedLayer:
-    parent, _, last = name.rpartition(".")
     shape = (module.output_size_per_partition, module.input_size_per_partition)
-    prefix = f"{parent}." if parent else ""
-    parts = ({f"{prefix}{part}.weight": rows for part, rows in zip(fused[last], _sizes(module, fused[last], name, shape[0]))}
-             if last in fused else {f"{name}.weight": shape[0]})
-    return PackedLayer(matmul, shape, module.weight.dtype, parts)
+    return PackedLayer(matmul, shape, module.weight.dtype, _parts(name, "weight", module, fused, shape[0]))
 
 
 def packed_weights(model: torch.nn.Module) -> list[Matmul] | None:

@@ -120,14 +120,18 @@ class _PackedToy(torch.nn.Module):
         self.norm.weight = torch.nn.Parameter(torch.zeros(3), requires_grad=False)
 
 
-def test_a_direct_load_packs_the_onednn_matmuls_again_so_they_compute_with_the_new_weights():
-    pytest.importorskip("vllm")
-    from vllm import _custom_ops as ops
-
-    from runtime.model.engine_weights import packed_weights, plan
-
+@pytest.fixture
+def ops():
+    """vLLM's CPU ops, with the oneDNN matmul the packed layers use."""
+    ops = pytest.importorskip("vllm._custom_ops")
     if not ops._supports_onednn:
         pytest.skip("this vLLM build has no oneDNN matmul")
+    return ops
+
+
+def test_a_direct_load_packs_the_onednn_matmuls_again_so_they_compute_with_the_new_weights(ops):
+    from runtime.model.engine_weights import packed_weights, plan
+
     model = _PackedToy()
     new = {"attn.q_proj.weight": torch.randn(24, 32), "attn.k_proj.weight": torch.randn(8, 32),
            "attn.v_proj.weight": torch.randn(8, 32), "attn.o_proj.weight": torch.randn(32, 24, dtype=torch.float64),
@@ -146,8 +150,7 @@ def test_a_direct_load_packs_the_onednn_matmuls_again_so_they_compute_with_the_n
     assert model.attn.qkv_proj.weight.numel() == 0, "no second copy of the weights is kept"
 
 
-def test_a_direct_load_that_does_not_match_a_packed_layer_changes_nothing():
-    pytest.importorskip("vllm")
+def test_a_direct_load_that_does_not_match_a_packed_layer_changes_nothing(ops):
     from runtime.model.engine_weights import packed_weights, plan
 
     model = _PackedToy()
