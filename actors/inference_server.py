@@ -77,6 +77,7 @@ class InferenceServer:
             # and vLLM then rewinds that request's seeded generator, which CPU generators cannot do
             # ("CPU Generator does not use offset"), so seeded sampling needs it off on CPU
             enable_chunked_prefill=self.cfg.chunked_prefill,
+            **gpu_options(self.cfg),
         )
         return llm, None if self.cfg.weight_load == "reload" else direct_weights(llm, self.model_path,
                                                                                 self.cfg.weight_load)
@@ -150,6 +151,20 @@ def engine_env(cfg: InferenceConfig, index: int) -> dict[str, str]:
         "VLLM_CPU_OMP_THREADS_BIND": bind,
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
     }
+
+
+def gpu_options(cfg: InferenceConfig) -> dict[str, Any]:
+    """vLLM options for an engine on a GPU: the share of the GPU's memory it takes (none on CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    if cfg.gpu_memory_utilization is not None:
+        return {"gpu_memory_utilization": cfg.gpu_memory_utilization}
+    import ray
+
+    share = ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0) if ray.is_initialized() else 1.0
+    return {"gpu_memory_utilization": round(0.9 * min(share, 1.0), 3)}
 
 
 def direct_weights(llm, model_path: str, mode: str) -> DirectWeights | None:

@@ -3,9 +3,10 @@
 Same model, same prompts, same batch and lengths; every sequence runs to exactly
 `new_tokens` on both sides (vLLM `ignore_eos`, HF `min_new_tokens`). HF gets
 every core of the machine (torch threads = cores); the pool gets one server per
-core. Measured for the tiny (~0.5M) and small (~10M) built models.
+core. Measured for the tiny (~0.5M) and small (~10M) built models. On a machine with a GPU
+both sides run there: HF on the GPU, the two servers sharing it (half of it each).
 
-    python bench/inference.py [--quick]
+    python bench/inference.py [--quick] [KEY=VALUE ...]   (config overrides for the pool)
 
 Each side runs the batch `--repeats` times (after a warm-up) and reports its median run; the
 pool's run is split into its engines' time and the rest (see Pool).
@@ -32,6 +33,13 @@ from runtime.pools.inference_pool import InferencePool
 from runtime.model.build import count_parameters, ensure_built
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+
+
 def prompts(batch: int) -> list[str]:
     return [doc.split("\n")[0][:24] for doc in corpus(seed=7, n_docs=batch)]
 
@@ -44,15 +52,17 @@ class HF:
 
         torch.set_num_threads(os.cpu_count() or 1)
         self.tok = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-        self.model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path).eval().to(DEVICE)
 
     def run(self, texts: list[str], new_tokens: int) -> dict[str, float]:
-        batch = self.tok(texts, return_tensors="pt", padding=True)
+        batch = self.tok(texts, return_tensors="pt", padding=True).to(DEVICE)
         kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True,
                       pad_token_id=self.tok.pad_token_id)
         with torch.no_grad():
             start = time.perf_counter()
             out = self.model.generate(**batch, **kwargs)
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
         assert out.shape[1] - batch["input_ids"].shape[1] == new_tokens
         return {"tokens_per_s": len(texts) * new_tokens / elapsed, "total_s": elapsed}
@@ -95,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller batch, finishes in under a minute")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is reported")
+    parser.add_argument("overrides", nargs="*", help="config overrides for the pool, e.g. inference.compile=true")
     args = parser.parse_args()
     batch, new_tokens = (32, 32) if args.quick else (64, 64)
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
@@ -103,7 +114,8 @@ def main() -> None:
     for preset in ("tiny", "small"):
         path = ensure_built(BuildConfig(preset=preset), 0, Path(cache))
         texts = prompts(batch)
-        pool = Pool(path, [])
+        on_gpu = ["placement.inference.num_gpus=0.5", "inference.gpu_memory_utilization=0.3"]
+        pool = Pool(path, [*(on_gpu if DEVICE == "cuda" else []), *args.overrides])
         try:
             pool_run = median_run(pool, texts, new_tokens, args.repeats)
         finally:
@@ -115,7 +127,8 @@ def main() -> None:
         print(f"{preset}: pool {pool_run['tokens_per_s']:,.0f} tok/s (engine {pool_run['engine_s']:.3f}s of "
               f"{pool_run['total_s']:.3f}s), HF generate {hf['tokens_per_s']:,.0f} tok/s, ratio {ratio:.2f}", flush=True)
     ray.shutdown()
-    print(json.dumps({"bench": "inference", "quick": args.quick, "servers": 2, "device": "cpu", "results": rows}))
+    print(json.dumps({"bench": "inference", "quick": args.quick, "servers": 2, "device": device_name(),
+                      "overrides": args.overrides, "results": rows}))
 
 
 if __name__ == "__main__":

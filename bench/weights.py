@@ -9,7 +9,8 @@ For K servers (real vLLM InferenceServer actors) and models of several sizes:
 - per-server: `load_weights(version, state)` with the state passed by value to
   each server, so Ray serialises it once per server;
 - floor: K x the time to memcpy the state once in this process (each engine
-  needs its own copy in its own memory).
+  needs its own copy in its own memory); on a GPU, to copy it from host memory into
+  GPU memory (every server there shares the GPU, a quarter of it each).
 Times are medians of 5 publishes after 2 warm-up ones, from the call until every server serves it, each split
 into its phases (put, call, copy, wait: see Publisher). The rows over K measure the transport
 (broadcast against per-server) on servers that load with copies only (`inference.weight_load=plain`:
@@ -41,6 +42,7 @@ from runtime.core.config import BuildConfig, load_config
 from runtime.model.build import count_parameters, ensure_built, init_model
 from runtime.model.weights import shareable
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = {"small": BuildConfig(preset="small"),
          "base": BuildConfig(preset="small", vocab_size=2048, hidden_size=768, intermediate_size=2048, num_layers=12,
                              num_heads=12)}
@@ -57,14 +59,23 @@ def median_time(fn, repeats: int = 3) -> float:
 
 def memcpy_s(state: dict) -> float:
     """One copy of every tensor into memory already allocated and touched (a copy, not page faults)."""
-    targets = {name: torch.empty_like(t).copy_(t) for name, t in state.items()}
-    return median_time(lambda: [targets[name].copy_(t) for name, t in state.items()])
+    targets = {name: torch.empty_like(t, device=DEVICE).copy_(t) for name, t in state.items()}
+
+    def copy() -> None:
+        for name, t in state.items():
+            targets[name].copy_(t)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+    return median_time(copy)
 
 
 def start_servers(model: Path, k: int, mode: str) -> list:
     cfg = load_config("default", [f"model.path={model}", "inference.max_model_len=128", "inference.cpu_bind=nobind",
-                                  "inference.kv_cache_gb=0.25", f"inference.weight_load={mode}"])
-    actor = ray.remote(InferenceServer).options(num_cpus=0.5, max_concurrency=8)
+                                  "inference.kv_cache_gb=0.25", f"inference.weight_load={mode}",
+                                  # on a GPU, room for 4 servers and one still being released
+                                  *(["inference.gpu_memory_utilization=0.15"] if DEVICE == "cuda" else [])])
+    actor = ray.remote(InferenceServer).options(num_cpus=0.5, num_gpus=0.25 if DEVICE == "cuda" else 0,
+                                                max_concurrency=8)
     servers = [actor.remote(cfg.inference, str(model), f"bench/inference/{i}", i) for i in range(k)]
     ray.get([s.setup.remote() for s in servers], timeout=600)
     return servers
@@ -158,7 +169,8 @@ def main() -> None:
         k_values = [1, 2] if args.quick else [1, 2, 4]
         results.append({"model": name, "params": params, "bytes": params * 4, **measure(model, k_values)})
     ray.shutdown()
-    print(json.dumps({"bench": "weights", "quick": args.quick, "device": "cpu", "results": results,
+    print(json.dumps({"bench": "weights", "quick": args.quick,
+                      "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "results": results,
                       "goals": goals(results)}))
 
 

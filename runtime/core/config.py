@@ -277,6 +277,10 @@ class InferenceConfig(Section):
     """Sequences an engine runs at once."""
     kv_cache_gb: float = Field(1.0, gt=0)
     """KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."""
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    """On a GPU, the fraction of its memory one engine takes (weights, activations, KV cache). Unset:
+    0.9 of the GPU share the server reserves (`placement.inference.num_gpus`; two servers at 0.5
+    take 0.45 each), so servers sharing a GPU fit. Ignored on CPU."""
     weight_load: Literal["direct", "plain", "reload"] = "direct"
     """How a server loads each weight version (runtime/model/engine_weights.py). `direct`: one copy
     per tensor into the engine's parameters, then on CPU each linear layer's oneDNN matmul packed

@@ -1,0 +1,51 @@
+"""What an InferenceServer asks vLLM for on a GPU: servers sharing one GPU split its memory.
+
+The GPU is faked here (no GPU on CI): what is tested is the arithmetic around it, from the share
+Ray assigned to the server and the config."""
+
+import pytest
+import ray
+import torch
+
+from actors.inference_server import gpu_options
+from runtime.core.config import load_config
+
+
+class Context:
+    def __init__(self, gpus: float):
+        self.gpus = gpus
+
+    def get_assigned_resources(self):
+        return {"CPU": 1.0, **({"GPU": self.gpus} if self.gpus else {})}
+
+
+@pytest.fixture
+def on_gpu(monkeypatch):
+    def assign(gpus: float) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(ray, "is_initialized", lambda: True)
+        monkeypatch.setattr(ray, "get_runtime_context", lambda: Context(gpus))
+    return assign
+
+
+def test_on_cpu_vllm_gets_no_gpu_option():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert gpu_options(load_config("default", []).inference) == {}
+
+
+@pytest.mark.parametrize("share, expected", [(1.0, 0.9), (0.5, 0.45), (0.25, 0.225), (2.0, 0.9)])
+def test_a_server_takes_0_9_of_the_gpu_share_it_reserved(on_gpu, share, expected):
+    on_gpu(share)
+    assert gpu_options(load_config("default", []).inference) == {"gpu_memory_utilization": expected}
+
+
+def test_the_configured_fraction_wins_over_the_share(on_gpu):
+    on_gpu(0.5)
+    cfg = load_config("default", ["inference.gpu_memory_utilization=0.2"]).inference
+    assert gpu_options(cfg) == {"gpu_memory_utilization": 0.2}
+
+
+def test_a_fraction_above_one_is_refused_with_its_path():
+    with pytest.raises(Exception, match="gpu_memory_utilization"):
+        load_config("default", ["inference.gpu_memory_utilization=1.5"])
