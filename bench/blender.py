@@ -26,6 +26,7 @@ import numpy as np
 import ray
 
 from actors.data_blender import DataBlender
+from runtime.core.cluster import verbose
 from runtime.core.config import BuildConfig, load_config
 from runtime.data.corpus import corpus
 from runtime.model.build import ensure_built
@@ -92,7 +93,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer documents, under a minute")
     args = parser.parse_args()
     docs = 4000 if args.quick else 40000
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=verbose())
     ray.data.DataContext.get_current().enable_progress_bars = False
     root = Path(tempfile.mkdtemp(prefix="bench-blender-"))
     model = ensure_built(BuildConfig(), 0, root / "models")

@@ -26,6 +26,7 @@ from pathlib import Path
 import ray
 import torch
 
+from runtime.core.cluster import verbose
 from runtime.core.config import BuildConfig, SamplingConfig, load_config
 from runtime.data.corpus import corpus
 from runtime.core.generation import GenerationRequest
@@ -108,7 +109,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for the pool, e.g. inference.compile=true")
     args = parser.parse_args()
     batch, new_tokens = (32, 32) if args.quick else (64, 64)
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=verbose())
     cache = tempfile.mkdtemp(prefix="bench-models-")
     rows = []
     for preset in ("tiny", "small"):

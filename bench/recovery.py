@@ -162,6 +162,7 @@ def wait_rows(log: Path, done, timeout_s: float = 300) -> list[dict]:
 
 
 def main() -> None:
+    from runtime.core.cluster import verbose
     from runtime.core.config import BuildConfig
     from runtime.model.build import ensure_built
 
@@ -171,7 +172,7 @@ def main() -> None:
     kills = 1 if args.quick else 3
     root = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     model = ensure_built(BuildConfig(), 0, root / "models")
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=verbose())
     mine = ours(model, root / "ours", kills)
     baseline = ray_train(model, root, kills)
     ray.shutdown()

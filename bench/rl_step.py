@@ -62,13 +62,14 @@ def cut(text: str) -> str:
 def factory_samples_per_s(model_path: Path, s: dict[str, int], precision: str) -> float:
     import ray
 
+    from runtime.core.cluster import verbose
     from runtime.core.config import SamplingConfig, load_config
     from dataclasses import replace
 
     from runtime.jobs.parts import start
     from runtime.jobs.rl_loop import algorithm_of, collect, train_and_publish
 
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=verbose())
     run_dir = tempfile.mkdtemp(prefix="bench-rl-")
     cfg = load_config("default", [f"model.path={model_path}", f"experiment.run_dir={run_dir}", "experiment.name=bench-rl",
                                   f"rl.prompts_per_step={s['prompts']}", f"rl.group_size={s['group']}",

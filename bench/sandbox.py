@@ -32,6 +32,7 @@ from pathlib import Path
 
 from rl.rewards.code_tests import code_test_rewards
 from rl.tasks import load_tasks
+from runtime.core.cluster import verbose
 from runtime.core.config import load_config
 from runtime.sandbox import Execution, Status
 from runtime.pools.sandbox_pool import SandboxPool
@@ -111,7 +112,7 @@ def main() -> None:
     programs = [PROGRAMS[i % len(PROGRAMS)] for i in range(n)]
     tasks, problems, completions = humaneval_work(n // 2)
     concurrency = WORKERS * SLOTS
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=verbose())
     cfg = load_config("default", ["experiment.name=bench-sandbox", f"placement.sandbox.replicas={WORKERS}",
                                   f"sandbox.concurrency={SLOTS}"])
     pool = SandboxPool(cfg).start()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import ray
 
-from runtime.core.cluster import remote_class
+from runtime.core.cluster import remote_class, verbose
 from runtime.core.config import BuildConfig, SamplingConfig, load_config
 from runtime.core.generation import GenerationRequest, Workload
 from runtime.core.inference_client import InferenceClient, service_name
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer, smaller bursts: under a minute")
     args = parser.parse_args()
     steps, prompts = (5, 64) if args.quick else (10, 64)
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=verbose())
     model = ensure_built(BuildConfig(preset="tiny"), 0, Path(tempfile.mkdtemp(prefix="bench-models-")))
     cfg = load_config("default", [f"model.path={model}", f"experiment.name={EXPERIMENT}"])
     service = remote_class(InferenceService).options(name=service_name(EXPERIMENT), max_concurrency=64).remote(

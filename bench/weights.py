@@ -38,6 +38,7 @@ import torch
 from transformers import AutoConfig
 
 from actors.inference_server import InferenceServer
+from runtime.core.cluster import verbose
 from runtime.core.config import BuildConfig, load_config
 from runtime.model.build import count_parameters, ensure_built, init_model
 from runtime.model.weights import shareable
@@ -159,7 +160,7 @@ def main() -> None:
     # 3 GiB of object store: puts walk fresh store memory before reusing freed memory (../shared/FACTS.md), and
     # tmpfs pages count as the node's memory: with the default store (30% of memory) the 86M rows at K = 4
     # ran the node out of memory (4 servers of ~1.5 GiB each besides)
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, object_store_memory=3 << 30)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=verbose(), object_store_memory=3 << 30)
     cache = Path(tempfile.mkdtemp(prefix="bench-weights-"))
     results = []
     for name in sizes:
