@@ -106,7 +106,13 @@ class WandbSink:
         self.run.log(scalars, step=step)
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() only asks wandb-core to close the run's stream; its transaction log keeps the
+        # last block in memory until then. teardown() waits for the service to exit, so the run
+        # directory is complete when the job ends (for `wandb sync`, or a reader in this process).
+        wandb.teardown()
 
 
 def _yaml(path: Path) -> dict:
