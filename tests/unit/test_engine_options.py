@@ -9,6 +9,7 @@ import torch
 
 from actors.inference_server import gpu_options
 from runtime.core.config import load_config
+from runtime.core.errors import ConfigError
 
 
 class Context:
@@ -47,5 +48,5 @@ def test_the_configured_fraction_wins_over_the_share(on_gpu):
 
 
 def test_a_fraction_above_one_is_refused_with_its_path():
-    with pytest.raises(Exception, match="gpu_memory_utilization"):
+    with pytest.raises(ConfigError, match=r"inference\.gpu_memory_utilization=1\.5: .*less than or equal to 1"):
         load_config("default", ["inference.gpu_memory_utilization=1.5"])
