@@ -32,6 +32,7 @@ from runtime.data.corpus import corpus
 from runtime.core.generation import GenerationRequest
 from runtime.pools.inference_pool import InferencePool
 from runtime.model.build import count_parameters, ensure_built
+from quiet import process_trees, settle
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,8 +93,12 @@ class Pool:
     def _engine_s(self) -> dict[str, float]:
         return {name: h["engine_s"] for name, h in self.pool.health().items()}
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> list[str]:
+        """Stop the servers and wait for their processes to exit (vLLM's engine cores with them);
+        returns any that had to be killed."""
+        processes = process_trees([h["pid"] for h in self.pool.health().values()])
         self.pool.shutdown()
+        return settle(processes)
 
 
 def median_run(side, texts: list[str], new_tokens: int, repeats: int) -> dict[str, float]:
@@ -122,11 +127,11 @@ def main() -> None:
         try:
             pool_run = median_run(pool, texts, new_tokens, args.repeats)
         finally:
-            pool.shutdown()
+            killed = pool.shutdown()
         hf = median_run(HF(path), texts, new_tokens, args.repeats)
         ratio = pool_run["tokens_per_s"] / hf["tokens_per_s"]
         rows.append({"model": preset, "params": count_parameters(path), "batch": batch, "new_tokens": new_tokens,
-                     "pool": pool_run, "hf_generate": hf, "ratio": round(ratio, 2)})
+                     "pool": pool_run, "hf_generate": hf, "ratio": round(ratio, 2), "killed_before_baseline": killed})
         print(f"{preset}: pool {pool_run['tokens_per_s']:,.0f} tok/s (engine {pool_run['engine_s']:.3f}s of "
               f"{pool_run['total_s']:.3f}s), HF generate {hf['tokens_per_s']:,.0f} tok/s, ratio {ratio:.2f}", flush=True)
     ray.shutdown()

@@ -59,8 +59,11 @@ def cut(text: str) -> str:
 # ---- the factory ---------------------------------------------------------------------------
 
 
-def factory_samples_per_s(model_path: Path, s: dict[str, int], precision: str) -> float:
+def factory_samples_per_s(model_path: Path, s: dict[str, int], precision: str) -> tuple[float, dict[str, float], list[str]]:
+    """Samples/s, the mean phases of a step, and what of the cluster had to be killed at the end."""
     import ray
+
+    from quiet import descendants, settle
 
     from runtime.core.cluster import verbose
     from runtime.core.config import SamplingConfig, load_config
@@ -87,10 +90,12 @@ def factory_samples_per_s(model_path: Path, s: dict[str, int], precision: str) -
             phases.append({**timing, "update_s": metrics["update_s"], "publish_s": metrics["publish_s"]})
             print(f"  step {step + 1}: {metrics['completions_by_status']}", flush=True)
     finally:
+        cluster = descendants()
         parts.stop()
         ray.shutdown()
+        killed = settle(cluster)  # TRL's next run gets quiet cores
     mean = {name: round(sum(p[name] for p in phases[1:]) / (len(phases) - 1), 3) for name in phases[0]}
-    return s["prompts"] * s["group"] * (len(stamps) - 1) / (stamps[-1] - stamps[0]), mean
+    return s["prompts"] * s["group"] * (len(stamps) - 1) / (stamps[-1] - stamps[0]), mean, killed
 
 
 class BenchTasks:
@@ -225,12 +230,13 @@ def main() -> None:
         model = ensure_built(BuildConfig(preset=preset), 0, cache)
         for precision in ["fp32"] if args.quick else ["fp32", "bf16"]:
             trl, trl_status = trl_samples_per_s(model, s, precision)
-            ours, phases = factory_samples_per_s(model, s, precision)
+            ours, phases, killed = factory_samples_per_s(model, s, precision)
             print(f"{preset} {precision}: factory {ours:.0f} samples/s (per step: {phases}); TRL GRPOTrainer "
                   f"{f'{trl:.0f} samples/s' if trl else 'did not run: ' + trl_status}", flush=True)
             rows.append({"model": preset, "params": count_parameters(model), "precision": precision,
                          "factory_samples_per_s": round(ours, 1), "factory_step_phases_s": phases, "trl_samples_per_s": trl and round(trl, 1),
-                         "ratio": round(ours / trl, 2) if trl else None, "trl": trl_status})
+                         "ratio": round(ours / trl, 2) if trl else None, "trl": trl_status,
+                         "killed_after_factory": killed})
     print(json.dumps({"bench": "rl_step", "quick": args.quick, **s, "results": rows}))
 
 if __name__ == "__main__":
