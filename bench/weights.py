@@ -42,6 +42,7 @@ from runtime.core.cluster import verbose
 from runtime.core.config import BuildConfig, load_config
 from runtime.model.build import count_parameters, ensure_built, init_model
 from runtime.model.weights import shareable
+from quiet import process_trees, settle
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = {"small": BuildConfig(preset="small"),
@@ -80,6 +81,15 @@ def start_servers(model: Path, k: int, mode: str) -> list:
     servers = [actor.remote(cfg.inference, str(model), f"bench/inference/{i}", i) for i in range(k)]
     ray.get([s.setup.remote() for s in servers], timeout=600)
     return servers
+
+
+def stop_servers(servers: list) -> None:
+    """Stop them and wait for their processes to exit: the next memcpy floor is timed on quiet cores."""
+    processes = process_trees([h["pid"] for h in ray.get([s.health.remote() for s in servers], timeout=60)])
+    ray.get([s.shutdown.remote() for s in servers], timeout=60)
+    for s in servers:
+        ray.kill(s)
+    settle(processes)
 
 
 class Publisher:
@@ -128,9 +138,7 @@ def measure(model: Path, k_values: list[int]) -> dict:
     for mode in ("reload", "direct"):
         before = start_servers(model, 1, mode)
         k1[mode] = publisher.median(lambda: publisher.broadcast(before))
-        ray.get([s.shutdown.remote() for s in before], timeout=60)
-        for s in before:
-            ray.kill(s)
+        stop_servers(before)
         print(f"  weight_load={mode}, K=1: {k1[mode]['total_s']:.3f}s (copy {k1[mode]['copy_s']:.3f})", flush=True)
     servers = start_servers(model, max(k_values), "plain")
     rows = []
@@ -146,8 +154,7 @@ def measure(model: Path, k_values: list[int]) -> dict:
                      "broadcast_over_floor": round(b["total_s"] / floor, 2)})
         print(f"  K={k}: broadcast {b['total_s']:.3f}s (put {b['put_s']:.3f}, call {b['call_s']:.3f}, "
               f"copy {b['copy_s']:.3f}), per-server {p['total_s']:.3f}s, floor {floor:.4f}s", flush=True)
-    for s in servers:
-        ray.kill(s)
+    stop_servers(servers)
     direct = {**k1["direct"], "over_floor": round(k1["direct"]["total_s"] / floor_one, 2)}
     return {"vllm_reload_k1": k1["reload"], "direct_k1": direct, "rows": rows}
 
