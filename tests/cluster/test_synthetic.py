@@ -59,5 +59,8 @@ def test_synthetic_samples_enter_the_blend_mid_run_with_their_provenance(parts):
 
     # a replacement takes over from the live source its predecessor added, and reads its rows back
     ray.kill(generator)
-    assert started.supervisor.ensure(started.synthetic, "a test")
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(generator.health.remote(), timeout=30)  # the kill has landed
+    started.supervisor.ensure(started.synthetic, "a test")  # or the run's health watch got there first
+    assert started.handle(started.synthetic)._actor_id != generator._actor_id, "replaced"
     assert len(wait(started.handle(started.synthetic).results.remote(), 30, "results")) == 5
