@@ -31,10 +31,11 @@ def settle(processes: list[psutil.Process], timeout_s: float = 30.0) -> list[str
     killed = []
     for process in alive:
         try:
-            killed.append(f"{process.pid} {process.name()}")
+            name = f"{process.pid} {process.name()}"
             process.kill()
-        except psutil.NoSuchProcess:
+        except psutil.NoSuchProcess:  # it exited by itself after all
             continue
+        killed.append(name)
     psutil.wait_procs(alive, timeout=10)
     return killed
 

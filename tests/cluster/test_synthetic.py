@@ -58,9 +58,10 @@ def test_synthetic_samples_enter_the_blend_mid_run_with_their_provenance(parts):
     assert stats["requests"] >= 3 * 4 + 2 * 8
 
     # a replacement takes over from the live source its predecessor added, and reads its rows back
+    killed = wait(generator.health.remote(), 30, "health")["pid"]
     ray.kill(generator)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(generator.health.remote(), timeout=30)  # the kill has landed
     started.supervisor.ensure(started.synthetic, "a test")  # or the run's health watch got there first
-    assert started.handle(started.synthetic)._actor_id != generator._actor_id, "replaced"
+    assert wait(started.handle(started.synthetic).health.remote(), 30, "health")["pid"] != killed, "replaced"
     assert len(wait(started.handle(started.synthetic).results.remote(), 30, "results")) == 5
