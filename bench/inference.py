@@ -114,7 +114,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for the pool, e.g. inference.compile=true")
     args = parser.parse_args()
     batch, new_tokens = (32, 32) if args.quick else (64, 64)
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=verbose())
+    # the GPUs given, not detected: a detection that finds none leaves GPU actors pending with nothing said
+    ray.init(address="local", num_cpus=8, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+             log_to_driver=verbose())
     cache = tempfile.mkdtemp(prefix="bench-models-")
     rows = []
     for preset in ("tiny", "small"):
