@@ -69,7 +69,7 @@ class InferenceServer:
             max_model_len=self.cfg.max_model_len,
             max_num_seqs=self.cfg.max_num_seqs,
             distributed_executor_backend="uni",
-            enforce_eager=not self.cfg.compile,
+            enforce_eager=not compiled(self.cfg),
             scheduling_policy="priority",
             logprobs_mode=self.cfg.logprobs_mode,
             seed=0,
@@ -154,17 +154,31 @@ def engine_env(cfg: InferenceConfig, index: int) -> dict[str, str]:
 
 
 def gpu_options(cfg: InferenceConfig) -> dict[str, Any]:
-    """vLLM options for an engine on a GPU: the share of the GPU's memory it takes (none on CPU)."""
+    """vLLM options for an engine on a GPU (none on CPU): the share of the GPU's memory it takes and,
+    where servers share the GPU, the size of its KV cache given rather than profiled."""
     import torch
 
     if not torch.cuda.is_available():
         return {}
-    if cfg.gpu_memory_utilization is not None:
-        return {"gpu_memory_utilization": cfg.gpu_memory_utilization}
     import ray
 
     share = ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0) if ray.is_initialized() else 1.0
-    return {"gpu_memory_utilization": round(0.9 * min(share, 1.0), 3)}
+    options = {"gpu_memory_utilization": cfg.gpu_memory_utilization or round(0.9 * min(share, 1.0), 3)}
+    if share < 1:
+        # vLLM sizes the KV cache from the free memory its profiling sees, assuming no other process
+        # changes its use meanwhile (gpu_worker.determine_available_memory): servers that share a GPU
+        # and start together, or one replacing a dying one, do. On an H200 the second of two such
+        # servers found "No available memory for the cache blocks". Bytes given skip the profiling.
+        options["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * 2**30)
+    return options
+
+
+def compiled(cfg: InferenceConfig) -> bool:
+    """Whether the engine is torch.compiled (and on a GPU runs CUDA graphs): `inference.compile`;
+    unset, on a GPU only (see the field) and not on CPU."""
+    import torch
+
+    return cfg.compile if cfg.compile is not None else torch.cuda.is_available()
 
 
 def direct_weights(llm, model_path: str, mode: str) -> DirectWeights | None:
