@@ -32,14 +32,8 @@ from runtime.data.corpus import corpus
 from runtime.core.generation import GenerationRequest
 from runtime.pools.inference_pool import InferencePool
 from runtime.model.build import count_parameters, ensure_built
+from device import DEVICE, device_name
 from quiet import process_trees, settle
-
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def device_name() -> str:
-    return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
 
 
 def prompts(batch: int) -> list[str]:
@@ -78,6 +72,7 @@ class Pool:
     def __init__(self, model_path, overrides: list[str]):
         cfg = load_config("default", [f"model.path={model_path}", "experiment.name=bench-inference", *overrides])
         self.pool = InferencePool(cfg, model_path).start()
+        self.servers = cfg.placement.inference.replicas
 
     def run(self, texts: list[str], new_tokens: int) -> dict[str, float]:
         sampling = SamplingConfig(max_tokens=new_tokens, ignore_eos=True, temperature=1.0)
@@ -133,11 +128,13 @@ def main() -> None:
         hf = median_run(HF(path), texts, new_tokens, args.repeats)
         ratio = pool_run["tokens_per_s"] / hf["tokens_per_s"]
         rows.append({"model": preset, "params": count_parameters(path), "batch": batch, "new_tokens": new_tokens,
-                     "pool": pool_run, "hf_generate": hf, "ratio": round(ratio, 2), "killed_before_baseline": killed})
-        print(f"{preset}: pool {pool_run['tokens_per_s']:,.0f} tok/s (engine {pool_run['engine_s']:.3f}s of "
-              f"{pool_run['total_s']:.3f}s), HF generate {hf['tokens_per_s']:,.0f} tok/s, ratio {ratio:.2f}", flush=True)
+                     "servers": pool.servers, "pool": pool_run, "hf_generate": hf, "ratio": round(ratio, 2),
+                     "killed_before_baseline": killed})
+        print(f"{preset}: pool of {pool.servers} {pool_run['tokens_per_s']:,.0f} tok/s (engine "
+              f"{pool_run['engine_s']:.3f}s of {pool_run['total_s']:.3f}s), HF generate {hf['tokens_per_s']:,.0f} "
+              f"tok/s, ratio {ratio:.2f}", flush=True)
     ray.shutdown()
-    print(json.dumps({"bench": "inference", "quick": args.quick, "servers": 2, "device": device_name(),
+    print(json.dumps({"bench": "inference", "quick": args.quick, "device": device_name(),
                       "overrides": args.overrides, "results": rows}))
 
 

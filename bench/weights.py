@@ -42,9 +42,9 @@ from runtime.core.cluster import verbose
 from runtime.core.config import BuildConfig, load_config
 from runtime.model.build import count_parameters, ensure_built, init_model
 from runtime.model.weights import shareable
+from device import DEVICE, device_name
 from quiet import process_trees, settle
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = {"small": BuildConfig(preset="small"),
          "base": BuildConfig(preset="small", vocab_size=2048, hidden_size=768, intermediate_size=2048, num_layers=12,
                              num_heads=12)}
@@ -180,7 +180,7 @@ def main() -> None:
         results.append({"model": name, "params": params, "bytes": params * 4, **measure(model, k_values)})
     ray.shutdown()
     print(json.dumps({"bench": "weights", "quick": args.quick,
-                      "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "results": results,
+                      "device": device_name(), "results": results,
                       "goals": goals(results)}))
 
 

@@ -293,9 +293,9 @@ class InferenceConfig(Section):
     vLLM's own reload_weights (every parameter's weight loader, then the re-pack). A model `direct`
     cannot plan (sharded, quantized, other CPU kernels) is reloaded the `reload` way."""
     compile: bool | None = None
-    """torch.compile the model (with CUDA graphs on a GPU). Unset: on a GPU yes (an eager step of the tiny
-    model took 6.3 ms at 16 sequences a server on an H200, a compiled one 2.6 ms at 32), on CPU no (compiled: ~1.6x faster decoding of the tiny model, ~18 s
-    slower start)."""
+    """torch.compile the model (with CUDA graphs on a GPU). Unset: on a GPU yes (an eager step of the
+    tiny model took 6.3 ms at 16 sequences a server on an H200, a compiled one 2.6 ms at 32); on CPU
+    no (compiled there: ~1.6x faster decoding of the tiny model, ~18 s slower start)."""
     cpu_bind: str = "spread"
     """OpenMP thread binding on CPU: `spread` pins server i to core i mod cores; `nobind`, `auto`
     or an explicit core list are passed to vLLM as VLLM_CPU_OMP_THREADS_BIND."""
