@@ -117,9 +117,9 @@ def main() -> None:
     for preset in ("tiny", "small"):
         path = ensure_built(BuildConfig(preset=preset), 0, Path(cache))
         texts = prompts(batch)
-        # on a GPU, two servers share it, and the tiny model's pool may still be releasing its memory
-        # when the small model's starts: 0.3 each, not the 0.45 their share would give
-        on_gpu = ["placement.inference.num_gpus=0.5", "inference.gpu_memory_utilization=0.3"]
+        # on a GPU the two servers share it, each with what its half gives by default (0.45 of the
+        # memory, the KV cache sized by inference.kv_cache_gb)
+        on_gpu = ["placement.inference.num_gpus=0.5"]
         pool = Pool(path, [*(on_gpu if DEVICE == "cuda" else []), *args.overrides])
         try:
             pool_run = median_run(pool, texts, new_tokens, args.repeats)

@@ -74,8 +74,9 @@ def memcpy_s(state: dict) -> float:
 def start_servers(model: Path, k: int, mode: str) -> list:
     cfg = load_config("default", [f"model.path={model}", "inference.max_model_len=128", "inference.cpu_bind=nobind",
                                   "inference.kv_cache_gb=0.25", f"inference.weight_load={mode}",
-                                  # on a GPU, room for 4 servers and one still being released
-                                  *(["inference.gpu_memory_utilization=0.15"] if DEVICE == "cuda" else [])])
+                                  # a load is the same copies either way, and compiling every server
+                                  # the bench starts would take minutes of a lent GPU (off on CPU anyway)
+                                  "inference.compile=false"])
     actor = ray.remote(InferenceServer).options(num_cpus=0.5, num_gpus=0.25 if DEVICE == "cuda" else 0,
                                                 max_concurrency=8)
     servers = [actor.remote(cfg.inference, str(model), f"bench/inference/{i}", i) for i in range(k)]
