@@ -3,7 +3,9 @@
 A plain class; `runtime/pools/trainer_group.py` spawns N of them as Ray actors, does
 the rendezvous (rank 0 picks a free port on its node: no fixed ports) and steps
 them together. DDP keeps the replicas identical: gradients are all-reduced
-(gloo on CPU, nccl on GPU) before every AdamW step.
+(gloo on CPU, nccl on GPU) before every AdamW step. A shard trains on its GPU when
+Ray gave it one (`placement.trainer.num_gpus`), else on the CPU; whatever leaves the
+shard (published weights, its state for a replacement, checkpoints) is in host memory.
 
 Each shard pulls its own samples of a step from the DataBlender, trains on them
 with the packed-sequence loss (attention and positions stop at piece
@@ -73,7 +75,8 @@ class TrainerShard:
         if state:
             self.load_state(state)
         self._join(init_method)
-        return {"name": self.name, "rank": self.rank, "backend": self.backend, "step": self.step}
+        return {"name": self.name, "rank": self.rank, "backend": self.backend, "device": str(self.device),
+                "step": self.step}
 
     def warm(self, source: str | None = None) -> dict[str, Any]:
         """Import torch and load the model outside any group: what a spare does before it is needed."""
@@ -84,8 +87,9 @@ class TrainerShard:
 
         torch.set_num_threads(1)
         self.metrics = TrainerMetrics(self.name)
+        self.device = shard_device()
         self.model = AutoModelForCausalLM.from_pretrained(source or self.model_path, attn_implementation="sdpa",
-                                                          dtype=torch.float32)
+                                                          dtype=torch.float32).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.train.lr, betas=self.train.betas,
                                            weight_decay=self.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -113,11 +117,11 @@ class TrainerShard:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
 
-        self.backend = self.train.backend if self.train.backend != "auto" else (
-            "nccl" if torch.cuda.is_available() else "gloo")
+        on_gpu = self.device.type == "cuda"
+        self.backend = self.train.backend if self.train.backend != "auto" else ("nccl" if on_gpu else "gloo")
         dist.init_process_group(self.backend, init_method=init_method, rank=self.rank, world_size=self.world_size,
                                 timeout=datetime.timedelta(seconds=self.train.group_timeout_s))
-        self.ddp = DistributedDataParallel(self.model)
+        self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_gpu else None)
 
     @method(concurrency_group=HEALTH_GROUP)
     def health(self) -> dict[str, Any]:
@@ -134,7 +138,8 @@ class TrainerShard:
 
     def state(self) -> dict[str, Any]:
         """Everything a replacement needs to continue as this shard: parameters, every stage's
-        optimizer and schedule (and frozen references), the step and the RNG."""
+        optimizer and schedule (and frozen references), the step and the RNG; in host memory, so it
+        crosses the object store to any node (a no-op on CPU)."""
         import torch
 
         out = {"step": self.step, "model": self.model.state_dict(), "rng": torch.get_rng_state(),
@@ -148,7 +153,9 @@ class TrainerShard:
         if getattr(self, "dpo_optimizer", None) is not None:
             out["dpo"] = {"args": self._dpo_args, "optimizer": self.dpo_optimizer.state_dict(),
                           "reference": self.dpo_reference.state_dict()}
-        return out
+        if self.device.type == "cuda":
+            out["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return on_host(out)
 
     def load_state(self, state: dict[str, Any]) -> None:
         import torch
@@ -157,6 +164,8 @@ class TrainerShard:
         self.optimizer.load_state_dict(state["optimizer"])
         _load_schedule(self.scheduler, state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = state["step"]
         if "rl" in state:
             self.rl_optimizer = None
@@ -208,8 +217,9 @@ class TrainerShard:
         from rl.sft import segment_attention_mask, segment_positions, sft_loss
 
         def loss_of(batch):
-            ids = torch.tensor(batch["input_ids"], dtype=torch.long)  # a copy: the object-store array is read-only
-            segments = torch.tensor(batch["segment_ids"], dtype=torch.long)
+            # copies (the object-store arrays are read-only), on the shard's device
+            ids = torch.tensor(batch["input_ids"], dtype=torch.long, device=self.device)
+            segments = torch.tensor(batch["segment_ids"], dtype=torch.long, device=self.device)
             with self._autocast():
                 logits = self.ddp(ids, attention_mask=segment_attention_mask(segments),
                                   position_ids=segment_positions(segments)).logits
@@ -253,7 +263,7 @@ class TrainerShard:
 
         def loss_of(examples):
             rows = [self._tokens(e["prompt"], e["completion"]) for e in examples]
-            ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
+            ids, attention, completion, _, _ = self._padded(rows)
             mask = completion[:, 1:].float()
             with self._autocast():
                 loss = -(token_logprobs(self.ddp, ids, attention) * mask).sum() / mask.sum().clamp(min=1)
@@ -313,8 +323,8 @@ class TrainerShard:
         reference's) logprobs."""
         import torch
 
-        ids, attention, completion, sampler, advantages = pad_experience(experience, self.model.config.pad_token_id or 0)
-        chunks = torch.arange(len(ids)).chunk(updates)
+        ids, attention, completion, sampler, advantages = self._padded(experience)
+        chunks = torch.arange(len(ids), device=self.device).chunk(updates)
         old, ref = self._old_and_reference(ids, attention, chunks, reference)
         return {"ids": ids, "attention": attention, "mask": completion[:, 1:], "sampler": sampler[:, 1:],
                 "advantages": advantages, "chunks": chunks, "old": old, "ref": ref,
@@ -343,7 +353,7 @@ class TrainerShard:
         and the reference's of all rows when a KL term needs them."""
         import torch
 
-        old = torch.zeros(ids.shape[0], ids.shape[1] - 1)
+        old = torch.zeros(ids.shape[0], ids.shape[1] - 1, device=self.device)
         with torch.no_grad(), self._autocast():
             if len(chunks) > 1:
                 later = torch.cat(chunks[1:])
@@ -356,8 +366,7 @@ class TrainerShard:
         state and published versions stay fp32."""
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.train.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train.precision == "bf16")
 
     def _rl_state(self, rl: RLConfig, kl_coef: float):
         """The RL stage's own AdamW, warm-up and (with kl_coef) frozen reference, made on its first step.
@@ -386,7 +395,7 @@ class TrainerShard:
 
         def loss_of(pairs):
             rows = [self._tokens(p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs]
-            ids, attention, completion, _, _ = pad_experience(rows, self.model.config.pad_token_id or 0)
+            ids, attention, completion, _, _ = self._padded(rows)
             mask = completion[:, 1:].float()
             with self._autocast():
                 policy = (token_logprobs(self.ddp, ids, attention) * mask).sum(1)
@@ -420,6 +429,10 @@ class TrainerShard:
             self._dpo_args = (dpo,)
             self.dpo_optimizer = torch.optim.AdamW(self.model.parameters(), lr=dpo.lr, weight_decay=0.0)
             self.dpo_reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+
+    def _padded(self, rows: list[dict[str, Any]]):
+        """pad_experience's tensors, on the shard's device."""
+        return [t.to(self.device) for t in pad_experience(rows, self.model.config.pad_token_id or 0)]
 
     def _tokens(self, prompt: str, completion: str) -> dict[str, list[int]]:
         from transformers import AutoTokenizer
@@ -459,7 +472,7 @@ class TrainerShard:
     def _load_state(self, path: Path) -> None:
         import torch
 
-        state = torch.load(path / "trainer_state.pt", weights_only=True)
+        state = torch.load(path / "trainer_state.pt", weights_only=True, map_location=self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         _load_schedule(self.scheduler, state["scheduler"])
         self.step = state["step"]
@@ -470,6 +483,33 @@ class TrainerShard:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def shard_device():
+    """Where a shard trains: the GPU Ray gave it (Ray makes it the process's only visible one), else
+    the CPU; outside Ray, a visible GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    import ray
+
+    share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0) if ray.is_initialized() else 1.0
+    return torch.device("cuda", torch.cuda.current_device()) if share > 0 else torch.device("cpu")
+
+
+def on_host(value: Any) -> Any:
+    """`value` (dicts, lists and tuples of tensors and plain values) with every tensor in host memory;
+    tensors already there are the same objects, not copies."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: on_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_host(v) for v in value)
+    return value
 
 
 def _mean(values: list[float]) -> float:

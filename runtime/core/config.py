@@ -539,7 +539,8 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     """Global gradient-norm clip."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    """torch.distributed backend; auto is nccl with GPUs, else gloo."""
+    """torch.distributed backend; auto is nccl when the shards have GPUs (`placement.trainer.num_gpus`),
+    else gloo."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16: forward and backward under torch.autocast(bfloat16) (fast on CPUs with AVX512-BF16 or
     AMX, and on GPUs); weights, optimizer state and published versions stay fp32."""
@@ -868,6 +869,18 @@ class FactoryConfig(Section):
                              f"placement.trainer.replicas ({shards}), the most shards a run has")
         if self.dpo.steps and not self.dpo.pairs:
             raise ValueError("dpo.steps needs dpo.pairs, a JSONL file of {prompt, chosen, rejected} lines")
+        return self
+
+    @model_validator(mode="after")
+    def _trainer_gpus(self) -> FactoryConfig:
+        trainer, backend = self.placement.trainer, self.train.backend
+        if backend == "nccl" and not trainer.num_gpus:
+            raise ValueError("train.backend=nccl needs GPU shards: set placement.trainer.num_gpus, or leave "
+                             "train.backend=auto (gloo on CPU)")
+        if 0 < trainer.num_gpus < 1 and trainer.replicas + trainer.spares > 1 and backend != "gloo":
+            raise ValueError(f"placement.trainer.num_gpus={trainer.num_gpus} lets shards share a GPU, and NCCL "
+                             "cannot run two ranks of a group on one GPU: give each shard a whole GPU (num_gpus=1), "
+                             "run one shard (placement.trainer.replicas=1), or set train.backend=gloo")
         return self
 
     def to_yaml(self) -> str:
