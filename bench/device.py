@@ -3,6 +3,9 @@
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GPUS = torch.cuda.device_count()
+"""For `ray.init(num_gpus=GPUS)`: the GPUs given, not detected (a detection that finds none leaves
+GPU actors pending with nothing said)."""
 
 
 def device_name() -> str:

@@ -32,7 +32,7 @@ from runtime.data.corpus import corpus
 from runtime.core.generation import GenerationRequest
 from runtime.pools.inference_pool import InferencePool
 from runtime.model.build import count_parameters, ensure_built
-from device import DEVICE, device_name
+from device import DEVICE, GPUS, device_name
 from quiet import process_trees, settle
 
 
@@ -109,8 +109,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for the pool, e.g. inference.compile=true")
     args = parser.parse_args()
     batch, new_tokens = (32, 32) if args.quick else (64, 64)
-    # the GPUs given, not detected: a detection that finds none leaves GPU actors pending with nothing said
-    ray.init(address="local", num_cpus=8, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+    ray.init(address="local", num_cpus=8, num_gpus=GPUS, include_dashboard=False,
              log_to_driver=verbose())
     cache = tempfile.mkdtemp(prefix="bench-models-")
     rows = []

@@ -19,6 +19,10 @@ installed or run, the output says so and why.
 
 samples/s = completions trained on per second, over the steps after the first (warm-up).
 
+On a machine with a GPU both sides use it: the factory's 2 servers take 0.4 of it each and one
+trainer shard 0.2 (NCCL cannot put two ranks on one GPU), TRL trains and generates (HF `generate`)
+there; the sandbox runs on the CPUs either way.
+
     python bench/rl_step.py [--quick]
 
 The last stdout line is one JSON document.
@@ -36,9 +40,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from device import DEVICE, GPUS, device_name
+
 ROOT = Path(__file__).resolve().parents[1]
 TRL_VENV = ROOT / "bench" / ".venv-trl"
 TRL_PACKAGES = ["trl==1.16.0", "accelerate", "datasets"]
+ON_GPU = ["placement.trainer.replicas=1", "placement.trainer.num_gpus=0.2", "placement.inference.num_gpus=0.4"]
+"""The factory's placement where there is a GPU (one, shared): see the docstring."""
 
 
 def settings(quick: bool) -> dict[str, int]:
@@ -72,11 +80,12 @@ def factory_samples_per_s(model_path: Path, s: dict[str, int], precision: str) -
     from runtime.jobs.parts import start
     from runtime.jobs.rl_loop import algorithm_of, collect, train_and_publish
 
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=verbose())
+    ray.init(address="local", num_cpus=8, num_gpus=GPUS, include_dashboard=False, log_to_driver=verbose())
     run_dir = tempfile.mkdtemp(prefix="bench-rl-")
     cfg = load_config("default", [f"model.path={model_path}", f"experiment.run_dir={run_dir}", "experiment.name=bench-rl",
                                   f"rl.prompts_per_step={s['prompts']}", f"rl.group_size={s['group']}",
-                                  "rl.updates_per_step=1", f"train.precision={precision}"])
+                                  "rl.updates_per_step=1", f"train.precision={precision}",
+                                  *(ON_GPU if DEVICE == "cuda" else [])])
     parts = start(cfg, model_path, Path(run_dir))
     sampling = SamplingConfig(n=s["group"], temperature=1.0, max_tokens=s["tokens"], ignore_eos=True)
     bench_parts = replace(parts, task_stream=BenchTasks(s["prompts"]))
@@ -175,7 +184,7 @@ def trl_worker(model_path: str, s: dict[str, int]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=s["prompts"] * s["group"],
                       num_generations=s["group"], max_completion_length=s["tokens"], max_steps=s["steps"],
-                      learning_rate=1e-4, beta=0.0, temperature=1.0, use_cpu=True, report_to=[], save_strategy="no",
+                      learning_rate=1e-4, beta=0.0, temperature=1.0, use_cpu=DEVICE == "cpu", report_to=[], save_strategy="no",
                       bf16=s["precision"] == "bf16", fp16=False,
                       logging_steps=1, shuffle_dataset=False, generation_kwargs={"min_new_tokens": s["tokens"]})
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
@@ -237,7 +246,7 @@ def main() -> None:
                          "factory_samples_per_s": round(ours, 1), "factory_step_phases_s": phases, "trl_samples_per_s": trl and round(trl, 1),
                          "ratio": round(ours / trl, 2) if trl else None, "trl": trl_status,
                          "killed_after_factory": killed})
-    print(json.dumps({"bench": "rl_step", "quick": args.quick, **s, "results": rows}))
+    print(json.dumps({"bench": "rl_step", "quick": args.quick, "device": device_name(), **s, "results": rows}))
 
 if __name__ == "__main__":
     main()

@@ -42,7 +42,7 @@ from runtime.core.cluster import verbose
 from runtime.core.config import BuildConfig, load_config
 from runtime.model.build import count_parameters, ensure_built, init_model
 from runtime.model.weights import shareable
-from device import DEVICE, device_name
+from device import DEVICE, GPUS, device_name
 from quiet import process_trees, settle
 
 SIZES = {"small": BuildConfig(preset="small"),
@@ -168,8 +168,7 @@ def main() -> None:
     # 3 GiB of object store: puts walk fresh store memory before reusing freed memory (../shared/FACTS.md), and
     # tmpfs pages count as the node's memory: with the default store (30% of memory) the 86M rows at K = 4
     # ran the node out of memory (4 servers of ~1.5 GiB each besides)
-    # the GPUs given, not detected: a detection that finds none leaves GPU actors pending with nothing said
-    ray.init(address="local", num_cpus=8, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+    ray.init(address="local", num_cpus=8, num_gpus=GPUS, include_dashboard=False,
              log_to_driver=verbose(), object_store_memory=3 << 30)
     cache = Path(tempfile.mkdtemp(prefix="bench-weights-"))
     results = []
