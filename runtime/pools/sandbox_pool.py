@@ -1,12 +1,14 @@
 """SandboxPool: SandboxWorker actors behind a bounded queue; every execution gets exactly one result.
 
 - `submit()` blocks when `queue_limit` executions are waiting (backpressure).
-- One dispatcher thread owns the workers: it hands each worker at most
-  `concurrency` executions, collects results, and probes health every
+- One dispatcher thread owns the workers: it sends each worker executions in
+  batches of up to `concurrency` (one Ray call each), at most two batches at a
+  time (the second waits in the worker for slots, so none idles while a batch's
+  last execution runs), collects results, and probes health every
   `health_interval_s`. A worker that dies, does not answer a probe within
-  `health_timeout_s`, or holds an execution past its timeout plus that margin
-  is killed and replaced under the same name; its executions are re-sent to
-  other workers. After `max_attempts` workers an execution is answered with a
+  `health_timeout_s`, or holds an execution past twice its timeout (the wait
+  behind the batch before it, then its run) plus that margin is killed and
+  replaced under the same name; its executions are re-sent to other workers. After `max_attempts` workers an execution is answered with a
   `sandbox_error` result rather than lost.
 - `resize(n)` adds workers, or drains and retires the newest ones.
 """
@@ -38,6 +40,8 @@ from runtime.supervision.supervisor import Supervisor, standalone
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 5.0
+BATCHES_PER_WORKER = 2
+"""Batches a worker holds at once: the second keeps its slots busy while the first's last execution runs."""
 
 
 class PoolStopped(FactoryError):
@@ -66,9 +70,14 @@ class Worker:
     """starting, ready, draining, respawn (name not yet free), failed."""
     setup_ref: Any = None
     inflight: dict = field(default_factory=dict)
+    """The batches sent and not yet answered: call's ObjectRef -> its jobs."""
     probe: tuple[Any, float] | None = None
     last_probe: float = field(default_factory=time.monotonic)
     replacing_since: float | None = None
+
+
+    def held(self) -> list[Job]:
+        return [job for batch in self.inflight.values() for job in batch]
 
 
 class SandboxPool:
@@ -135,7 +144,7 @@ class SandboxPool:
     def health(self) -> dict[str, Any]:
         ready = [w for w in self.workers if w.state == "ready"]
         return {"ready": bool(ready), "backend": self.sandbox.backend, "isolated": self.sandbox.backend == "bubblewrap",
-                "running": sum(len(w.inflight) for w in self.workers), "completed": sum(self.counts[s.value] for s in Status)}
+                "running": sum(len(w.held()) for w in self.workers), "completed": sum(self.counts[s.value] for s in Status)}
 
     def run(self, executions: list[Execution]) -> list[ExecutionResult]:
         futures = [self.submit(e) for e in executions]
@@ -153,7 +162,7 @@ class SandboxPool:
 
     def stats(self) -> dict[str, Any]:
         return {"workers": {w.name: w.state for w in self.workers}, "queued": self._queue.qsize() + len(self._retry),
-                "inflight": sum(len(w.inflight) for w in self.workers), **self.counts}
+                "inflight": sum(len(w.held()) for w in self.workers), **self.counts}
 
     # ---- the dispatcher --------------------------------------------------
 
@@ -166,22 +175,27 @@ class SandboxPool:
             self._probe_health()
 
     def _dispatch(self) -> None:
+        slots = self.sandbox.concurrency
         for worker in self.workers:
-            while worker.state == "ready" and len(worker.inflight) < self.sandbox.concurrency:
-                job = self._next_job()
-                if job is None:
+            while worker.state == "ready" and len(worker.inflight) < BATCHES_PER_WORKER:
+                batch = self._next_jobs(slots)
+                if not batch:
                     return
-                job.attempts += 1
-                job.sent = time.monotonic()
-                worker.inflight[worker.handle.execute.remote(job.execution)] = job
+                for job in batch:
+                    job.attempts += 1
+                    job.sent = time.monotonic()
+                worker.inflight[worker.handle.execute_batch.remote([job.execution for job in batch])] = batch
 
-    def _next_job(self) -> Job | None:
-        if self._retry:
-            return self._retry.popleft()
-        try:
-            return self._queue.get_nowait()
-        except queue.Empty:
-            return None
+    def _next_jobs(self, most: int) -> list[Job]:
+        jobs = []
+        while len(jobs) < most and self._retry:
+            jobs.append(self._retry.popleft())
+        while len(jobs) < most:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return jobs
 
     def _collect(self) -> None:
         refs = [ref for w in self.workers for ref in w.inflight]
@@ -199,16 +213,17 @@ class SandboxPool:
                 self._finish(worker, ref, worker.inflight.pop(ref))
         self._expire_stuck()
 
-    def _finish(self, worker: Worker, ref, job: Job) -> None:
+    def _finish(self, worker: Worker, ref, batch: list[Job]) -> None:
         try:
-            result = ray.get(ref, timeout=self.sandbox.health_timeout_s)
+            answers = ray.get(ref, timeout=self.sandbox.health_timeout_s)
         except SERVER_LOST:
-            self._retry.appendleft(job)
+            self._retry.extendleft(reversed(batch))
             self._lost(worker, "died")
             return
-        except Exception as exc:  # a worker-side bug: answer this execution, keep the worker
-            result = self._error_result(job, f"worker error: {exc!r}")
-        self._resolve(job, result)
+        except Exception as exc:  # a worker-side bug: answer these executions, keep the worker
+            answers = [f"worker error: {exc!r}"] * len(batch)
+        for job, answer in zip(batch, answers):
+            self._resolve(job, answer if isinstance(answer, ExecutionResult) else self._error_result(job, answer))
 
     def _resolve(self, job: Job, result: ExecutionResult) -> None:
         self.counts[result.status.value] += 1
@@ -219,12 +234,13 @@ class SandboxPool:
         return ExecutionResult(job.execution.id, Status.SANDBOX_ERROR, None, "", message, 0.0)
 
     def _expire_stuck(self) -> None:
-        """A worker holding an execution past its timeout plus a margin (slot wait, start-up) is hung."""
+        """A worker holding an execution past twice its timeout (a wait for a slot behind the batch
+        before it, then its own run) plus a margin (start-up) is hung."""
         now = time.monotonic()
         margin = self.sandbox.health_timeout_s + STUCK_GRACE_S
         for worker in self.workers:
-            overdue = any(now - j.sent > (j.execution.timeout_s or self.sandbox.timeout_s) + margin
-                          for j in worker.inflight.values())
+            overdue = any(now - j.sent > 2 * (j.execution.timeout_s or self.sandbox.timeout_s) + margin
+                          for j in worker.held())
             if overdue and worker.state in ("ready", "draining"):
                 self._lost(worker, "held an execution past its timeout")
 
@@ -251,14 +267,15 @@ class SandboxPool:
 
     def _lost(self, worker: Worker, why: str) -> None:
         self.supervisor.events.record("lost", "sandbox", f"{worker.name} {why}; its executions are re-sent",
-                                      actor=worker.name, inflight=len(worker.inflight))
+                                      actor=worker.name, inflight=len(worker.held()))
         ray.kill(worker.handle)
-        for job in list(worker.inflight.values()):
+        held = worker.held()
+        for job in held:
             if job.attempts >= self.sandbox.max_attempts:
                 self._resolve(job, self._error_result(job, f"lost on {job.attempts} workers (sandbox.max_attempts)"))
             else:
                 self._retry.append(job)
-        self.counts["retried"] += len(worker.inflight)
+        self.counts["retried"] += len(held)
         worker.inflight.clear()
         worker.probe = None
         if worker.state == "draining":

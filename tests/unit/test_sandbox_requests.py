@@ -53,3 +53,20 @@ def test_a_worker_refuses_an_invalid_request_before_taking_a_slot():
         assert worker.health()["running"] == 0 and worker.execute(Execution("print(1)")).stdout == "1\n"
     finally:
         worker.shutdown()
+
+
+def test_a_batch_answers_each_execution_in_order_and_an_invalid_one_alone():
+    from actors.sandbox_worker import SandboxWorker
+
+    worker = SandboxWorker(SandboxConfig(timeout_s=5, concurrency=2), "requests/sandbox/1")
+    worker.setup()
+    try:
+        batch = [Execution(f"import time; time.sleep({0.3 if i == 0 else 0}); print({i})", id=str(i)) for i in range(5)]
+        batch[3] = Execution("print(3)", id="3", timeout_s=float("nan"))
+        answers = worker.execute_batch(batch)
+        assert [a.stdout for i, a in enumerate(answers) if i != 3] == ["0\n", "1\n", "2\n", "4\n"]
+        assert [a.id for i, a in enumerate(answers) if i != 3] == ["0", "1", "2", "4"]
+        assert isinstance(answers[3], str) and answers[3].startswith("worker error: InvalidExecution") and "timeout_s" in answers[3]
+        assert worker.health()["running"] == 0 and worker.health()["completed"] == 4
+    finally:
+        worker.shutdown()
