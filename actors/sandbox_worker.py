@@ -3,8 +3,9 @@
 A plain class; the sandbox pool makes it a threaded Ray actor (so `health()`
 answers while executions run) and sends it executions in batches (one Ray call
 for several: the call, not the sandbox, was a third of an execution's cost), and
-the gRPC SandboxService wraps it directly on hosts outside Ray. `setup()` fails closed: it raises SandboxUnavailable if
-the configured isolation does not pass its self-check.
+the gRPC SandboxService wraps it directly on hosts outside Ray. `setup()` fails
+closed: it raises SandboxUnavailable if the configured isolation does not pass
+its self-check.
 """
 
 from __future__ import annotations

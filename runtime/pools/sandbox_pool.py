@@ -8,8 +8,9 @@
   `health_interval_s`. A worker that dies, does not answer a probe within
   `health_timeout_s`, or holds an execution past twice its timeout (the wait
   behind the batch before it, then its run) plus that margin is killed and
-  replaced under the same name; its executions are re-sent to other workers. After `max_attempts` workers an execution is answered with a
-  `sandbox_error` result rather than lost.
+  replaced under the same name; its executions are re-sent to other workers.
+  After `max_attempts` workers an execution is answered with a `sandbox_error`
+  result rather than lost.
 - `resize(n)` adds workers, or drains and retires the newest ones.
 """
 
@@ -75,8 +76,8 @@ class Worker:
     last_probe: float = field(default_factory=time.monotonic)
     replacing_since: float | None = None
 
-
     def held(self) -> list[Job]:
+        """Every execution this worker holds, across its batches."""
         return [job for batch in self.inflight.values() for job in batch]
 
 
@@ -222,6 +223,8 @@ class SandboxPool:
             return
         except Exception as exc:  # a worker-side bug: answer these executions, keep the worker
             answers = [f"worker error: {exc!r}"] * len(batch)
+        if len(answers) != len(batch):  # a worker-side bug too: no execution may go unanswered
+            answers = [f"worker error: {len(answers)} answers to {len(batch)} executions"] * len(batch)
         for job, answer in zip(batch, answers):
             self._resolve(job, answer if isinstance(answer, ExecutionResult) else self._error_result(job, answer))
 
