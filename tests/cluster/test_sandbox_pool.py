@@ -101,6 +101,19 @@ def test_backpressure_blocks_then_refuses(ray_cluster):
         pool.shutdown()
 
 
+def test_a_batch_answered_with_a_wrong_count_answers_every_execution(ray_cluster):
+    # the collecting logic alone (no worker): a worker that returned one answer for two executions
+    from runtime.pools.sandbox_pool import Job, Worker
+
+    pool = SandboxPool(load_config("default", ["experiment.name=test-sandbox-count"]))
+    jobs = [Job(Execution("print(1)", id="a")), Job(Execution("print(2)", id="b"))]
+    pool._finish(Worker(0, "test-sandbox-count/sandbox/0"), ray.put(["worker error: only one"]), jobs)
+    results = [job.future.result(timeout=5) for job in jobs]
+    assert [(r.id, r.status) for r in results] == [("a", Status.SANDBOX_ERROR), ("b", Status.SANDBOX_ERROR)]
+    assert all("1 answers to 2 executions" in r.stderr for r in results)
+    assert pool.counts["sandbox_error"] == 2
+
+
 def wait_until(predicate, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while not predicate():
