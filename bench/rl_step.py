@@ -126,7 +126,7 @@ class BenchTasks:
 def ensure_trl_env() -> tuple[Path | None, str]:
     """A python that imports the pinned TRL (this one, or bench/.venv-trl's), or None and why not."""
     here = subprocess.run([sys.executable, "-c", f"import trl; assert trl.__version__ == {TRL_VERSION!r}"],
-                          capture_output=True)
+                          capture_output=True, timeout=300)
     if here.returncode == 0:
         return Path(sys.executable), "this interpreter"
     python = TRL_VENV / "bin" / "python"

@@ -5,29 +5,11 @@ The GPU is faked here (no GPU on CI): what is tested is the arithmetic around it
 Ray assigned to the server and the config."""
 
 import pytest
-import ray
 import torch
 
 from actors.inference_server import compiled, gpu_options
 from runtime.core.config import load_config
 from runtime.core.errors import ConfigError
-
-
-class Context:
-    def __init__(self, gpus: float):
-        self.gpus = gpus
-
-    def get_assigned_resources(self):
-        return {"CPU": 1.0, **({"GPU": self.gpus} if self.gpus else {})}
-
-
-@pytest.fixture
-def on_gpu(monkeypatch):
-    def assign(gpus: float) -> None:
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(ray, "is_initialized", lambda: True)
-        monkeypatch.setattr(ray, "get_runtime_context", lambda: Context(gpus))
-    return assign
 
 
 def test_on_cpu_vllm_gets_no_gpu_option():

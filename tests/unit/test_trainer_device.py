@@ -4,30 +4,11 @@ The GPU is faked here (no GPU on CI): what is tested is the choice around it, fr
 assigned to the shard; the training itself is tested on CPU by the cluster tests."""
 
 import pytest
-import ray
 import torch
 
 from actors.trainer_shard import on_host, shard_device
 from runtime.core.config import load_config
 from runtime.core.errors import ConfigError
-
-
-class Context:
-    def __init__(self, gpus: float):
-        self.gpus = gpus
-
-    def get_assigned_resources(self):
-        return {"CPU": 1.0, **({"GPU": self.gpus} if self.gpus else {})}
-
-
-@pytest.fixture
-def gpu_visible(monkeypatch):
-    def assign(gpus: float) -> None:
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-        monkeypatch.setattr(ray, "is_initialized", lambda: True)
-        monkeypatch.setattr(ray, "get_runtime_context", lambda: Context(gpus))
-    return assign
 
 
 def test_without_a_gpu_a_shard_trains_on_the_cpu():
@@ -37,13 +18,13 @@ def test_without_a_gpu_a_shard_trains_on_the_cpu():
 
 
 @pytest.mark.parametrize("share", [1.0, 0.2])
-def test_a_shard_given_a_gpu_trains_on_it(gpu_visible, share):
-    gpu_visible(share)
+def test_a_shard_given_a_gpu_trains_on_it(on_gpu, share):
+    on_gpu(share)
     assert shard_device() == torch.device("cuda", 0)
 
 
-def test_a_shard_given_no_gpu_stays_on_the_cpu_though_one_is_visible(gpu_visible):
-    gpu_visible(0.0)
+def test_a_shard_given_no_gpu_stays_on_the_cpu_though_one_is_visible(on_gpu):
+    on_gpu(0.0)
     assert shard_device() == torch.device("cpu")
 
 
