@@ -1,6 +1,7 @@
 """Forged verdicts: completions written to be scored as passing without being right, and completions
-that try to change a sibling's reward. Each runs through the real bubblewrap sandbox, directly and
-through the gRPC SandboxService on loopback; none may pass."""
+that try to change a sibling's reward. Each runs through the real bubblewrap sandbox, directly,
+through the gRPC SandboxService on loopback, and through the Ray sandbox pool (siblings in one
+batch on one worker); none may pass."""
 
 from pathlib import Path
 
@@ -71,9 +72,22 @@ def grpc_runner():
     worker.shutdown()
 
 
-@pytest.fixture(params=["local", "grpc"])
+@pytest.fixture(scope="module")
+def pool_runner(ray_cluster):
+    """The Ray sandbox pool, which sends a worker several completions in one batch."""
+    from runtime.core.config import load_config
+    from runtime.pools.sandbox_pool import SandboxPool
+
+    pool = SandboxPool(load_config("default", ["experiment.name=test-forgery", "placement.sandbox.replicas=1",
+                                               "sandbox.concurrency=2"])).start()
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture(params=["local", "grpc", "pool"])
 def runner(request, sandbox_runner):
-    return sandbox_runner if request.param == "local" else request.getfixturevalue("grpc_runner")
+    return {"local": lambda: sandbox_runner, "grpc": lambda: request.getfixturevalue("grpc_runner"),
+            "pool": lambda: request.getfixturevalue("pool_runner")}[request.param]()
 
 
 @pytest.mark.parametrize("name", FORGERIES)
